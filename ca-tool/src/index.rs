@@ -1,0 +1,100 @@
+//! The CA directory's index (`index.toml`): what the CA issued and revoked. It is the source of
+//! truth: `list` and `revoke` read it, and the CRL is always re-signed from it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::fsutil;
+
+pub const FILE_NAME: &str = "index.toml";
+
+/// Client or server certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertKind {
+    Client,
+    Server,
+}
+
+impl std::fmt::Display for CertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CertKind::Client => "client",
+            CertKind::Server => "server",
+        })
+    }
+}
+
+/// One certificate the CA issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub name: String,
+    pub kind: CertKind,
+    /// Upper-case hex, as `openssl x509 -serial` prints it.
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// The whole index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    /// The number of the last CRL signed; the next one gets this plus one.
+    #[serde(default)]
+    pub crl_number: u64,
+    #[serde(default, rename = "cert")]
+    pub certs: Vec<Entry>,
+}
+
+/// The index could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid index: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("{path}: cannot write: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+impl Index {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(FILE_NAME)
+    }
+
+    /// Reads the index of `dir`; a missing index is an empty one (a CA made before the index
+    /// existed, or a crash between the CA files and the index).
+    pub fn load(dir: &Path) -> Result<Self, IndexError> {
+        let path = Self::path(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(IndexError::Read { path, source }),
+        };
+        toml::from_str(&text).map_err(|e| IndexError::Parse { path, detail: e.message().to_owned() })
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), IndexError> {
+        let path = Self::path(dir);
+        let body = toml::to_string(self)
+            .map_err(|e| IndexError::Parse { path: path.clone(), detail: e.to_string() })?;
+        let text = format!(
+            "# ca-tool index: every certificate this CA issued, and which are revoked.\n\
+             # crl.pem is signed from this file (`ca-tool crl`).\n\n{body}"
+        );
+        fsutil::write_atomic(&path, text.as_bytes(), fsutil::PUBLIC, true)
+            .map_err(|source| IndexError::Write { path, source })
+    }
+
+    pub fn revoked(&self) -> impl Iterator<Item = &Entry> {
+        self.certs.iter().filter(|e| e.revoked_at.is_some())
+    }
+}

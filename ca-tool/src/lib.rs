@@ -1,0 +1,13 @@
+//! The certificate authority behind nfs-tls-proxy, and the PEM/X.509 code both crates share.
+//!
+//! - [`ca`]: the CA directory (`init`, `issue`, `revoke`, `crl`), written atomically.
+//! - [`index`]: `index.toml`, the record of what the CA issued; the CRL is signed from it.
+//! - [`pem`]: the one PEM loader (certificates, keys, CRLs), used by the proxy too.
+//! - [`inspect`]: what a certificate or CRL says (`show`, `list`, the proxy's peer identity).
+
+pub mod ca;
+pub mod cli;
+pub mod fsutil;
+pub mod index;
+pub mod inspect;
+pub mod pem;
