@@ -1,1 +1,69 @@
-//! placeholder
+//! nfs-tls-proxy: a TLS tunnel for NFS. One connection pipeline serves both modes
+//! (accept -> handshake -> authorize -> connect -> splice -> one summary line); the mode only decides
+//! which side is TLS.
+//!
+//! - [`config`]: flags and TOML resolved once into [`config::Server`] / [`config::Client`]
+//! - [`tls`]: the one loader of certificate, key, CA and CRL
+//! - [`identity`]: peer names and the allow-list
+//! - [`server`], [`client`]: each mode's `open()`
+//! - [`tunnel`], [`splice`], [`serve`]: the shared pipeline, copy loop and accept loop
+//! - [`refuse`]: refusal reasons and their one log line
+//! - [`app`]: the binary's edge (signals, exit codes); [`demo`]: the no-setup demo
+
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod logging;
+pub mod net;
+pub mod refuse;
+pub mod serve;
+pub mod server;
+pub mod splice;
+pub mod tls;
+pub mod tunnel;
+
+use tokio::sync::watch;
+
+pub use serve::Running;
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Bind(#[from] serve::BindError),
+}
+
+/// Loads the server's TLS material, binds its listeners and starts serving.
+pub async fn start_server(cfg: &config::Server) -> Result<Running<server::ServerMode>, StartError> {
+    let c = &cfg.common;
+    let tls = tls::server_config(&c.tls, cfg.crl.as_deref(), &cfg.allow, c.min_tls)?;
+    let (_tx, rx) = watch::channel(tls);
+    let mode = server::ServerMode {
+        tls: rx,
+        backend: cfg.backend.clone(),
+        handshake_timeout: c.handshake_timeout,
+        connect_timeout: c.connect_timeout,
+        keepalive: c.keepalive,
+    };
+    tracing::info!(backend = %cfg.backend, crl = ?cfg.crl, allow = ?cfg.allow.names().collect::<Vec<_>>(), "server ready");
+    Ok(serve::start(mode, &cfg.listen, c.max_connections, c.keepalive).await?)
+}
+
+/// Loads the client's TLS material, binds its listeners and starts serving.
+pub async fn start_client(cfg: &config::Client) -> Result<Running<client::ClientMode>, StartError> {
+    let c = &cfg.common;
+    let tls = tls::client_config(&c.tls, c.min_tls)?;
+    let (_tx, rx) = watch::channel(tls);
+    let mode = client::ClientMode {
+        tls: rx,
+        servers: cfg.servers.clone(),
+        handshake_timeout: c.handshake_timeout,
+        connect_timeout: c.connect_timeout,
+        keepalive: c.keepalive,
+    };
+    Ok(serve::start(mode, &cfg.listen, c.max_connections, c.keepalive).await?)
+}

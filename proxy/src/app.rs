@@ -1,0 +1,52 @@
+//! The binary's edge: run a parsed command until a signal, then drain. `anyhow` lives here only.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::{self, Cli, Command};
+use crate::tunnel::Mode;
+use crate::Running;
+
+/// Runs a command to completion.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let log = match &cli.command {
+        Command::Server(a) => &a.common.log,
+        Command::Client(a) => &a.common.log,
+        Command::Demo(log) => log,
+    };
+    crate::logging::init(log).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => {
+                let cfg = config::Server::resolve(&args)?;
+                let running = crate::start_server(&cfg).await?;
+                serve_until_signal(running, cfg.common.drain_timeout).await
+            }
+            Command::Client(args) => {
+                let cfg = config::Client::resolve(&args)?;
+                let running = crate::start_client(&cfg).await?;
+                serve_until_signal(running, cfg.common.drain_timeout).await
+            }
+            Command::Demo(_) => crate::demo::run().await,
+        }
+    })
+}
+
+async fn serve_until_signal<M: Mode>(running: Running<M>, drain: Duration) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = which, "shutting down");
+    let cut = running.shutdown(drain).await;
+    tracing::info!(cut, "stopped");
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Client mode's open(): the servers in order, each with a connect and a handshake timeout, until one
+//! completes a handshake whose certificate chains to our CA and carries the expected name. Nothing is
+//! read from the local connection before that, so no plaintext byte can go upstream unprotected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{Keepalive, Upstream};
+use crate::identity::peer_name;
+use crate::net;
+use crate::refuse::RefuseReason;
+use crate::tunnel::{Mode, Opened};
+
+#[derive(Debug)]
+pub struct ClientMode {
+    pub tls: watch::Receiver<Arc<rustls::ClientConfig>>,
+    pub servers: Vec<Upstream>,
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub keepalive: Keepalive,
+}
+
+impl Mode for ClientMode {
+    type Inbound = TcpStream;
+    type Outbound = TlsStream<TcpStream>;
+    const NAME: &'static str = "client";
+
+    async fn open(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<Opened<Self::Inbound, Self::Outbound>, RefuseReason> {
+        let mut last = RefuseReason::Unreachable("no server configured".into());
+        for upstream in &self.servers {
+            match self.handshake(upstream).await {
+                Ok((tls, addr)) => {
+                    let identity = peer_name(tls.get_ref().1.peer_certificates());
+                    return Ok(Opened { inbound: tcp, outbound: tls, identity, upstream: addr });
+                }
+                Err(reason) => {
+                    tracing::warn!(%peer, server = %upstream.endpoint, reason = %reason, "server failed; trying the next");
+                    last = reason;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+impl ClientMode {
+    async fn handshake(
+        &self,
+        upstream: &Upstream,
+    ) -> Result<(TlsStream<TcpStream>, SocketAddr), RefuseReason> {
+        let name = ServerName::try_from(upstream.server_name.clone()).map_err(|_| {
+            RefuseReason::Tls(format!("{:?} is not a valid server name", upstream.server_name))
+        })?;
+        let (tcp, addr) = net::connect(&upstream.endpoint, self.connect_timeout, self.keepalive)
+            .await
+            .map_err(RefuseReason::Unreachable)?;
+        let connector = TlsConnector::from(self.tls.borrow().clone());
+        match tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp)).await {
+            Err(_) => Err(RefuseReason::HandshakeTimeout),
+            Ok(Err(e)) => Err(RefuseReason::from_handshake(&e)),
+            Ok(Ok(tls)) => Ok((tls, addr)),
+        }
+    }
+}

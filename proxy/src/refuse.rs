@@ -1,0 +1,135 @@
+//! Why a connection was refused, and the one place that logs it. Every refusal happens before the
+//! backend (server mode) or upstream application data (client mode) is touched.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use rustls::CertificateError;
+
+/// A refusal, with a short reason word for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The first bytes were not a TLS handshake.
+    NotTls,
+    /// The handshake did not finish within the handshake timeout.
+    HandshakeTimeout,
+    /// The peer closed the connection before the handshake finished.
+    ClosedEarly,
+    /// The client presented no certificate.
+    NoCertificate,
+    /// The certificate does not chain to the configured CA (or its signature is bad).
+    UnknownCa,
+    Expired,
+    NotYetValid,
+    Revoked,
+    /// The CRL does not cover the certificate: fail closed.
+    RevocationUnknown,
+    /// The certificate is not for this use (e.g. a server certificate used as a client's).
+    WrongPurpose,
+    /// Valid certificate, but its CN/SANs are not on the allow-list.
+    NameNotAllowed,
+    /// The server certificate does not carry the expected name (client mode).
+    WrongServerName,
+    /// The peer refused our certificate or our TLS parameters (it sent an alert).
+    PeerRejected(String),
+    /// No common TLS version or cipher suite.
+    TlsIncompatible(String),
+    /// Any other TLS failure.
+    Tls(String),
+    /// The backend (server mode) or every server (client mode) could not be reached.
+    Unreachable(String),
+    /// `--max-connections` tunnels are open.
+    TooManyConnections,
+}
+
+impl RefuseReason {
+    /// The short word logged as `reason`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::NotTls => "not-tls",
+            Self::HandshakeTimeout => "handshake-timeout",
+            Self::ClosedEarly => "closed-during-handshake",
+            Self::NoCertificate => "no-certificate",
+            Self::UnknownCa => "unknown-ca",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not-yet-valid",
+            Self::Revoked => "revoked",
+            Self::RevocationUnknown => "revocation-unknown",
+            Self::WrongPurpose => "wrong-purpose",
+            Self::NameNotAllowed => "name-not-allowed",
+            Self::WrongServerName => "wrong-server-name",
+            Self::PeerRejected(_) => "peer-rejected-us",
+            Self::TlsIncompatible(_) => "tls-incompatible",
+            Self::Tls(_) => "tls-error",
+            Self::Unreachable(_) => "unreachable",
+            Self::TooManyConnections => "max-connections",
+        }
+    }
+
+    /// Maps a failed TLS handshake (as tokio-rustls reports it) to a reason.
+    pub fn from_handshake(error: &std::io::Error) -> Self {
+        if let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            return Self::from_tls(tls);
+        }
+        match error.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => Self::ClosedEarly,
+            _ => Self::Tls(error.to_string()),
+        }
+    }
+
+    pub fn from_tls(error: &rustls::Error) -> Self {
+        use rustls::Error as E;
+        match error {
+            E::NoCertificatesPresented => Self::NoCertificate,
+            E::InvalidCertificate(c) => match c {
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => Self::UnknownCa,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => Self::Expired,
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    Self::NotYetValid
+                }
+                CertificateError::Revoked => Self::Revoked,
+                CertificateError::UnknownRevocationStatus => Self::RevocationUnknown,
+                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                    Self::WrongPurpose
+                }
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                    Self::WrongServerName
+                }
+                CertificateError::ApplicationVerificationFailure => Self::NameNotAllowed,
+                other => Self::Tls(format!("{other:?}")),
+            },
+            E::AlertReceived(alert) => Self::PeerRejected(format!("{alert:?}")),
+            E::PeerIncompatible(p) => Self::TlsIncompatible(format!("{p:?}")),
+            E::InvalidMessage(_)
+            | E::InappropriateHandshakeMessage { .. }
+            | E::InappropriateMessage { .. } => Self::Tls(error.to_string()),
+            other => Self::Tls(other.to_string()),
+        }
+    }
+
+    fn detail(&self) -> Option<&str> {
+        match self {
+            Self::PeerRejected(d) | Self::TlsIncompatible(d) | Self::Tls(d) | Self::Unreachable(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.detail() {
+            Some(d) => write!(f, "{} ({d})", self.word()),
+            None => f.write_str(self.word()),
+        }
+    }
+}
+
+/// Logs a refused connection: the only place that does.
+pub fn refuse(peer: SocketAddr, reason: &RefuseReason) {
+    match reason.detail() {
+        Some(detail) => tracing::warn!(%peer, reason = reason.word(), detail, "connection refused"),
+        None => tracing::warn!(%peer, reason = reason.word(), "connection refused"),
+    }
+}

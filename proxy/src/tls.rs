@@ -1,0 +1,123 @@
+//! The one loader of certificates, keys, CA and CRL into rustls configurations, used at start-up (and
+//! by reload). Everything is read and checked here; an error names the file and the problem.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ca_tool::pem::{self, PemError};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+
+use crate::config::{TlsFiles, TlsVersion};
+use crate::identity::{AllowList, AllowListVerifier};
+
+/// Certificate material that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    #[error("{path}: contains no private key; pass --key")]
+    NoKey { path: PathBuf },
+    #[error("{key} does not match the certificate in {cert} ({detail})")]
+    KeyMismatch { cert: PathBuf, key: PathBuf, detail: String },
+    #[error("{path}: not a usable CA certificate ({detail})")]
+    BadCa { path: PathBuf, detail: String },
+    #[error("{path}: not a usable CRL ({detail})")]
+    BadCrl { path: PathBuf, detail: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The crypto provider, always passed explicitly: ring (aws-lc-rs does not build for FreeBSD here,
+/// and two providers compiled in make rustls panic at run time).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+
+fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
+    match min {
+        TlsVersion::Tls13 => &TLS13_ONLY,
+        TlsVersion::Tls12 => rustls::ALL_VERSIONS,
+    }
+}
+
+/// Our own certificate chain and key; the key may sit in the certificate file (stunnel style).
+fn load_identity(
+    files: &TlsFiles,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, PathBuf), TlsError> {
+    let chain = pem::load_certs(&files.cert)?;
+    let key_path = files.key.clone().unwrap_or_else(|| files.cert.clone());
+    if files.key.is_none() && !pem::has_private_key(&files.cert)? {
+        return Err(TlsError::NoKey { path: files.cert.clone() });
+    }
+    let key = pem::load_private_key(&key_path)?;
+    Ok((chain, key, key_path))
+}
+
+fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in pem::load_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::BadCa { path: path.to_owned(), detail: e.to_string() })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn key_error(files: &TlsFiles, key_path: PathBuf, e: rustls::Error) -> TlsError {
+    match e {
+        rustls::Error::InconsistentKeys(_) | rustls::Error::General(_) => {
+            TlsError::KeyMismatch { cert: files.cert.clone(), key: key_path, detail: e.to_string() }
+        }
+        other => TlsError::Rustls(other),
+    }
+}
+
+/// Server side: require a client certificate from `files.ca`, checked against `crl` and `allow`.
+/// No session resumption (no tickets, no cache), so every connection meets the current CA, CRL and
+/// allow-list.
+pub fn server_config(
+    files: &TlsFiles,
+    crl: Option<&Path>,
+    allow: &AllowList,
+    min: TlsVersion,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let (chain, key, key_path) = load_identity(files)?;
+    let roots = load_roots(&files.ca)?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if let Some(crl_path) = crl {
+        // Unknown revocation status is refused (the builder's default): fail closed.
+        builder = builder.with_crls(pem::load_crls(crl_path)?);
+    }
+    let inner = builder.build().map_err(|e| match (crl, &e) {
+        (Some(p), rustls::server::VerifierBuilderError::InvalidCrl(_)) => {
+            TlsError::BadCrl { path: p.to_owned(), detail: e.to_string() }
+        }
+        _ => TlsError::BadCa { path: files.ca.clone(), detail: e.to_string() },
+    })?;
+    let verifier = Arc::new(AllowListVerifier { inner, allow: allow.clone() });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(min))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| key_error(files, key_path, e))?;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Client side: present our certificate, verify the server's against `files.ca`. No resumption.
+pub fn client_config(files: &TlsFiles, min: TlsVersion) -> Result<Arc<ClientConfig>, TlsError> {
+    let (chain, key, key_path) = load_identity(files)?;
+    let roots = load_roots(&files.ca)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(min))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| key_error(files, key_path, e))?;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}

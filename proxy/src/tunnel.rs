@@ -1,0 +1,72 @@
+//! One accepted connection, from accept to the "tunnel closed" line, the same for both modes:
+//! open (mode-specific: handshake, authorize, connect) -> splice -> one summary line.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::refuse::{refuse, RefuseReason};
+use crate::serve::Ctx;
+use crate::splice::splice;
+
+/// An open tunnel's two streams and who is at the far end.
+#[derive(Debug)]
+pub struct Opened<I, O> {
+    /// The accepted side (the NFS client's side).
+    pub inbound: I,
+    /// The side we dialled (the NFS server's side).
+    pub outbound: O,
+    /// CN of the certificate the TLS peer presented (the client's on a server, the server's on a client).
+    pub identity: String,
+    /// The address dialled.
+    pub upstream: SocketAddr,
+}
+
+/// What differs between server and client mode: how a tunnel is opened.
+pub trait Mode: Send + Sync + 'static {
+    type Inbound: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Outbound: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// `server` or `client`, for logs.
+    const NAME: &'static str;
+
+    /// Handshake, authorize and connect, each under its own timeout. Any failure is a refusal, and
+    /// happens before a byte of application data is forwarded.
+    fn open(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Result<Opened<Self::Inbound, Self::Outbound>, RefuseReason>> + Send;
+}
+
+/// Runs one connection to its end and logs its summary.
+pub async fn run_one<M: Mode>(ctx: Arc<Ctx<M>>, tcp: TcpStream, peer: SocketAddr, listener: SocketAddr) {
+    let started = Instant::now();
+    let opened = tokio::select! {
+        opened = ctx.mode.open(tcp, peer) => opened,
+        _ = ctx.hard_stop.cancelled() => return,
+    };
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(reason) => return refuse(peer, &reason),
+    };
+    let entry = ctx.tunnels.register(peer, listener, &opened.identity);
+    tracing::info!(%peer, identity = %opened.identity, upstream = %opened.upstream, "tunnel opened");
+    let end = splice(opened.inbound, opened.outbound, &entry.counters, &entry.cut).await;
+    ctx.tunnels.remove(entry.id);
+    let (bytes_up, bytes_down) = entry.counters.totals();
+    tracing::info!(
+        %peer,
+        identity = %opened.identity,
+        upstream = %opened.upstream,
+        bytes_up,
+        bytes_down,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = %end,
+        "tunnel closed"
+    );
+}
