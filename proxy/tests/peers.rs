@@ -1,0 +1,171 @@
+//! Our binary against real peers: stunnel 5 in both directions, and NFS through the tunnel with
+//! nfs-ganesha as the server and libnfs (`nfs-ls`, `nfs-cat`) as the client.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+/// Our server in front of `backend`, with the test PKI; returns it once it is listening.
+fn our_server(dir: &std::path::Path, backend: std::net::SocketAddr) -> Proc {
+    let proxy = Proc::proxy(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &backend.to_string(),
+        "--cert",
+        &p(dir, "f3s-storage-ha-cert.pem"),
+        "--key",
+        &p(dir, "f3s-storage-ha-key.pem"),
+        "--ca",
+        &p(dir, "ca-cert.pem"),
+        "--crl",
+        &p(dir, "crl.pem"),
+    ]);
+    proxy.listen_addr();
+    proxy
+}
+
+/// Our client towards `server`, using stunnel's combined PEM (no --key).
+fn our_client(dir: &std::path::Path, server: std::net::SocketAddr) -> Proc {
+    let proxy = Proc::proxy(&[
+        "client",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        &server.to_string(),
+        "--server-name",
+        "f3s-storage-ha",
+        "--cert",
+        &p(dir, "r0-stunnel.pem"),
+        "--ca",
+        &p(dir, "ca-cert.pem"),
+    ]);
+    proxy.listen_addr();
+    proxy
+}
+
+fn stunnel(dir: &std::path::Path, name: &str, config: &str) -> Proc {
+    let conf = write(dir, name, &format!("foreground = yes\npid =\ndebug = 5\n{config}"));
+    Proc::spawn("stunnel", Command::new("stunnel4").arg(conf))
+}
+
+#[test]
+fn stunnel_client_reaches_the_backend_through_our_server() {
+    if !require("stunnel4") {
+        return;
+    }
+    let dir = pki();
+    let echo = echo_server();
+    let server = our_server(dir.path(), echo.addr);
+    let port = free_port();
+    let _stunnel = stunnel(
+        dir.path(),
+        "client.conf",
+        &format!(
+            "[nfs]\nclient = yes\naccept = 127.0.0.1:{port}\nconnect = {}\ncert = {}\nCAfile = {}\nverifyChain = yes\ncheckHost = f3s-storage-ha\n",
+            server.listen_addr(),
+            p(dir.path(), "r0-stunnel.pem"),
+            p(dir.path(), "ca-cert.pem"),
+        ),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_port(addr);
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(echo_through(addr, &data), data);
+    server.wait_line(&["tunnel closed", "identity=r0", "bytes_up=1000000", "bytes_down=1000000"]);
+}
+
+#[test]
+fn our_client_reaches_the_backend_through_a_stunnel_server() {
+    if !require("stunnel4") {
+        return;
+    }
+    let dir = pki();
+    let echo = echo_server();
+    let port = free_port();
+    let _stunnel = stunnel(
+        dir.path(),
+        "server.conf",
+        &format!(
+            "[nfs-tls]\naccept = 127.0.0.1:{port}\nconnect = {}\ncert = {}\nkey = {}\nCAfile = {}\nverify = 2\nrequireCert = yes\n",
+            echo.addr,
+            p(dir.path(), "f3s-storage-ha-cert.pem"),
+            p(dir.path(), "f3s-storage-ha-key.pem"),
+            p(dir.path(), "ca-cert.pem"),
+        ),
+    );
+    let server_addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_port(server_addr);
+    let client = our_client(dir.path(), server_addr);
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(echo_through(client.listen_addr(), &data), data);
+    client.wait_line(&["tunnel closed", "identity=f3s-storage-ha", "bytes_up=1000000"]);
+}
+
+/// nfs-ganesha serving `export/` on a free port, in the foreground.
+fn ganesha(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
+    let port = free_port();
+    let export = dir.join("export");
+    let conf = write(
+        dir,
+        "ganesha.conf",
+        &format!(
+            "NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = {port}; Bind_addr = 127.0.0.1; Enable_NLM = false; \
+             Enable_RQUOTA = false; Enable_UDP = false; }}\n\
+             NFSV4 {{ Graceless = true; Only_Numeric_Owners = true; }}\n\
+             EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RW; Squash = No_Root_Squash; \
+             FSAL {{ Name = VFS; }} CLIENT {{ Clients = 127.0.0.1; Access_Type = RW; }} }}\n",
+            export.display()
+        ),
+    );
+    let proc = Proc::spawn(
+        "ganesha",
+        Command::new("ganesha.nfsd")
+            .args(["-F", "-f"])
+            .arg(&conf)
+            .arg("-L")
+            .arg(dir.join("ganesha.log"))
+            .arg("-p")
+            .arg(dir.join("ganesha.pid")),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_port(addr);
+    (proc, addr)
+}
+
+#[test]
+fn libnfs_lists_and_reads_a_16_mib_file_from_ganesha_through_our_client_and_server() {
+    if !(require("ganesha.nfsd") && require("nfs-cat") && require("nfs-ls")) {
+        return;
+    }
+    let dir = pki();
+    let export = dir.path().join("export");
+    std::fs::create_dir(&export).expect("mkdir");
+    let data: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(export.join("big.bin"), &data).expect("write");
+    std::fs::write(export.join("hello.txt"), "hello over TLS\n").expect("write");
+    let (_ganesha, nfs) = ganesha(dir.path());
+    let server = our_server(dir.path(), nfs);
+    let client = our_client(dir.path(), server.listen_addr());
+    let port = client.listen_addr().port();
+
+    let ls = Command::new("timeout")
+        .args(["60", "nfs-ls", &format!("nfs://127.0.0.1/export/?version=4&nfsport={port}")])
+        .output()
+        .expect("nfs-ls");
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success() && listing.contains("big.bin") && listing.contains("hello.txt"), "{listing}");
+
+    let cat = Command::new("timeout")
+        .args(["120", "nfs-cat", &format!("nfs://127.0.0.1/export/big.bin?version=4&nfsport={port}")])
+        .output()
+        .expect("nfs-cat");
+    assert!(cat.status.success(), "{}", String::from_utf8_lossy(&cat.stderr));
+    let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec();
+    assert_eq!(cat.stdout.len(), data.len());
+    assert_eq!(digest(&cat.stdout), digest(&data));
+    server.wait_line(&["tunnel closed", "identity=r0"]);
+}

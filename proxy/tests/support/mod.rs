@@ -1,0 +1,192 @@
+//! Process-level test helpers: the built binary, real peers (stunnel, ganesha, libnfs) as child
+//! processes that are killed on drop, readiness by log line or by port, and the CI rule for peers.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A peer program: in CI it must be installed (the test fails); locally its absence skips loudly.
+pub fn require(program: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is required in CI but is not installed (see .ci/run)"
+        );
+        eprintln!("!!! SKIPPING: {program} is not installed (apt-get install stunnel4 nfs-ganesha nfs-ganesha-vfs libnfs-utils)");
+    }
+    found
+}
+
+/// A child process whose stderr lines are collected; killed on drop.
+pub struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Self { child, lines, name: name.to_owned() }
+    }
+
+    /// Our binary with `args`.
+    pub fn proxy(args: &[&str]) -> Self {
+        Self::spawn("nfs-tls-proxy", Command::new(env!("CARGO_BIN_EXE_nfs-tls-proxy")).args(args))
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().expect("lines").join("\n")
+    }
+
+    /// Waits (bounded) for a line containing every part; returns it.
+    pub fn wait_line(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(l) =
+                self.lines.lock().expect("lines").iter().find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "{}: no line with {parts:?} in:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The address our proxy bound (it logs `listening ... listen=ADDR`).
+    pub fn listen_addr(&self) -> SocketAddr {
+        let line = self.wait_line(&["listening", "listen="]);
+        let addr = line.split("listen=").nth(1).expect("listen=").split_whitespace().next().expect("addr");
+        addr.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"))
+    }
+
+    /// Waits for the process to exit by itself (bounded); returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // Let the reader thread collect the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "{} did not exit:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port, for peers that cannot bind port 0 and report it (stunnel, ganesha).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Waits (bounded) until something accepts connections on `addr`.
+pub fn wait_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A blocking echo server on loopback; counts connections.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub connections: Arc<Mutex<usize>>,
+}
+
+pub fn echo_server() -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(Mutex::new(0));
+    let count = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            *count.lock().expect("count") += 1;
+            std::thread::spawn(move || {
+                let mut r = stream.try_clone().expect("clone");
+                let mut w = stream;
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    Echo { addr, connections }
+}
+
+/// Sends `data`, half-closes, reads to EOF (bounded by socket timeouts).
+pub fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut w = stream.try_clone().expect("clone");
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&data);
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    let mut back = Vec::new();
+    let _ = (&stream).read_to_end(&mut back);
+    let _ = writer.join();
+    back
+}
+
+/// A test CA directory made with the ca-tool library.
+pub fn pki() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = ca_tool::ca::CaDir::new(dir.path());
+    ca.init("peer test CA", 30, false).expect("init");
+    let req = |name: &str, kind| ca_tool::ca::LeafRequest {
+        name: name.into(),
+        kind,
+        dns: vec!["localhost".into()],
+        ips: vec!["127.0.0.1".parse().expect("ip")],
+        days: 30,
+        combined: true,
+        force: false,
+    };
+    ca.issue(&req("f3s-storage-ha", ca_tool::index::CertKind::Server)).expect("server");
+    ca.issue(&req("r0", ca_tool::index::CertKind::Client)).expect("r0");
+    dir
+}
+
+pub fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
