@@ -20,7 +20,7 @@ use crate::tunnel::{Mode, Opened};
 
 #[derive(Debug)]
 pub struct ClientMode {
-    pub tls: watch::Receiver<Arc<rustls::ClientConfig>>,
+    pub tls: watch::Sender<Arc<rustls::ClientConfig>>,
     pub servers: Vec<Upstream>,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
@@ -42,7 +42,13 @@ impl Mode for ClientMode {
             match self.handshake(upstream).await {
                 Ok((tls, addr)) => {
                     let identity = peer_name(tls.get_ref().1.peer_certificates());
-                    return Ok(Opened { inbound: tcp, outbound: tls, identity, upstream: addr });
+                    return Ok(Opened {
+                        inbound: tcp,
+                        outbound: tls,
+                        identity,
+                        upstream: addr,
+                        peer_cert: None,
+                    });
                 }
                 Err(reason) => {
                     tracing::warn!(%peer, server = %upstream.endpoint, reason = %reason, "server failed; trying the next");

@@ -8,6 +8,7 @@
 //! - [`server`], [`client`]: each mode's `open()`
 //! - [`tunnel`], [`splice`], [`serve`]: the shared pipeline, copy loop and accept loop
 //! - [`refuse`]: refusal reasons and their one log line
+//! - [`reload`]: SIGHUP: re-read the TLS material, swap it in, cut tunnels it no longer admits
 //! - [`app`]: the binary's edge (signals, exit codes); [`demo`]: the no-setup demo
 
 pub mod app;
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod logging;
 pub mod net;
 pub mod refuse;
+pub mod reload;
 pub mod serve;
 pub mod server;
 pub mod splice;
@@ -41,9 +43,8 @@ pub enum StartError {
 pub async fn start_server(cfg: &config::Server) -> Result<Running<server::ServerMode>, StartError> {
     let c = &cfg.common;
     let tls = tls::server_config(&c.tls, cfg.crl.as_deref(), &cfg.allow, c.min_tls)?;
-    let (_tx, rx) = watch::channel(tls);
     let mode = server::ServerMode {
-        tls: rx,
+        tls: watch::Sender::new(tls),
         backend: cfg.backend.clone(),
         handshake_timeout: c.handshake_timeout,
         connect_timeout: c.connect_timeout,
@@ -57,9 +58,8 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<server::Server
 pub async fn start_client(cfg: &config::Client) -> Result<Running<client::ClientMode>, StartError> {
     let c = &cfg.common;
     let tls = tls::client_config(&c.tls, c.min_tls)?;
-    let (_tx, rx) = watch::channel(tls);
     let mode = client::ClientMode {
-        tls: rx,
+        tls: watch::Sender::new(tls),
         servers: cfg.servers.clone(),
         handshake_timeout: c.handshake_timeout,
         connect_timeout: c.connect_timeout,

@@ -35,6 +35,7 @@ pub struct TunnelEntry {
     pub peer: SocketAddr,
     pub listener: SocketAddr,
     pub identity: String,
+    pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
     pub started: Instant,
     pub counters: Counters,
     pub cut: Cut,
@@ -54,13 +55,20 @@ pub struct Tunnels {
 }
 
 impl Tunnels {
-    pub fn register(&self, peer: SocketAddr, listener: SocketAddr, identity: &str) -> Arc<TunnelEntry> {
+    pub fn register(
+        &self,
+        peer: SocketAddr,
+        listener: SocketAddr,
+        identity: &str,
+        peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    ) -> Arc<TunnelEntry> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(TunnelEntry {
             id,
             peer,
             listener,
             identity: identity.to_owned(),
+            peer_cert,
             started: Instant::now(),
             counters: Counters::default(),
             cut: Cut::default(),

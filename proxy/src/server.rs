@@ -2,7 +2,6 @@
 //! and allow-list are checked inside the handshake) -> only then dial the backend.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -15,6 +14,7 @@ use crate::config::{Endpoint, Keepalive};
 use crate::identity::peer_name;
 use crate::net;
 use crate::refuse::RefuseReason;
+use crate::tls::ServerTls;
 use crate::tunnel::{Mode, Opened};
 
 /// TLS record type of a handshake: the first byte of every TLS ClientHello.
@@ -23,7 +23,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 #[derive(Debug)]
 pub struct ServerMode {
     /// Taken afresh for every handshake, so a reload only affects new connections.
-    pub tls: watch::Receiver<Arc<rustls::ServerConfig>>,
+    pub tls: watch::Sender<ServerTls>,
     pub backend: Endpoint,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
@@ -42,17 +42,19 @@ impl Mode for ServerMode {
     ) -> Result<Opened<Self::Inbound, Self::Outbound>, RefuseReason> {
         let deadline = Instant::now() + self.handshake_timeout;
         sniff_tls(&tcp, deadline).await?;
-        let acceptor = TlsAcceptor::from(self.tls.borrow().clone());
+        let acceptor = TlsAcceptor::from(self.tls.borrow().config.clone());
         let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Err(_) => return Err(RefuseReason::HandshakeTimeout),
             Ok(Err(e)) => return Err(RefuseReason::from_handshake(&e)),
             Ok(Ok(tls)) => tls,
         };
+        let peer_cert =
+            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
         let identity = peer_name(tls.get_ref().1.peer_certificates());
         let (backend, upstream) = net::connect(&self.backend, self.connect_timeout, self.keepalive)
             .await
             .map_err(|e| RefuseReason::Unreachable(format!("backend {e}")))?;
-        Ok(Opened { inbound: tls, outbound: backend, identity, upstream })
+        Ok(Opened { inbound: tls, outbound: backend, identity, upstream, peer_cert })
     }
 }
 

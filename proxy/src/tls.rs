@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ca_tool::pem::{self, PemError};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
@@ -83,7 +84,7 @@ pub fn server_config(
     crl: Option<&Path>,
     allow: &AllowList,
     min: TlsVersion,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<ServerTls, TlsError> {
     let provider = provider();
     let (chain, key, key_path) = load_identity(files)?;
     let roots = load_roots(&files.ca)?;
@@ -98,15 +99,23 @@ pub fn server_config(
         }
         _ => TlsError::BadCa { path: files.ca.clone(), detail: e.to_string() },
     })?;
-    let verifier = Arc::new(AllowListVerifier { inner, allow: allow.clone() });
+    let verifier: Arc<dyn ClientCertVerifier> = Arc::new(AllowListVerifier { inner, allow: allow.clone() });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(min))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(|e| key_error(files, key_path, e))?;
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+    Ok(ServerTls { config: Arc::new(config), verifier })
+}
+
+/// A server's TLS configuration, and the client verifier inside it (kept to re-check the
+/// certificates of open tunnels after a reload).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    pub verifier: Arc<dyn ClientCertVerifier>,
 }
 
 /// Client side: present our certificate, verify the server's against `files.ca`. No resumption.

@@ -24,6 +24,8 @@ pub struct Opened<I, O> {
     pub identity: String,
     /// The address dialled.
     pub upstream: SocketAddr,
+    /// The client certificate (server mode), re-checked against the CRL and allow-list on reload.
+    pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// What differs between server and client mode: how a tunnel is opened.
@@ -54,7 +56,7 @@ pub async fn run_one<M: Mode>(ctx: Arc<Ctx<M>>, tcp: TcpStream, peer: SocketAddr
         Ok(opened) => opened,
         Err(reason) => return refuse(peer, &reason),
     };
-    let entry = ctx.tunnels.register(peer, listener, &opened.identity);
+    let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert);
     tracing::info!(%peer, identity = %opened.identity, upstream = %opened.upstream, "tunnel opened");
     let end = splice(opened.inbound, opened.outbound, &entry.counters, &entry.cut).await;
     ctx.tunnels.remove(entry.id);
