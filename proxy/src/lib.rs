@@ -18,6 +18,7 @@ pub mod demo;
 pub mod identity;
 pub mod logging;
 pub mod net;
+pub mod os;
 pub mod refuse;
 pub mod reload;
 pub mod serve;
@@ -36,7 +37,7 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
-    Bind(#[from] serve::BindError),
+    Listen(#[from] serve::ListenError),
 }
 
 /// Loads the server's TLS material, binds its listeners and starts serving.
@@ -51,7 +52,7 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<server::Server
         keepalive: c.keepalive,
     };
     tracing::info!(backend = %cfg.backend, crl = ?cfg.crl, allow = ?cfg.allow.names().collect::<Vec<_>>(), "server ready");
-    Ok(serve::start(mode, &cfg.listen, c.max_connections, c.keepalive).await?)
+    Ok(serve::start(mode, &cfg.listen, serve::Follow::Ownership, c.max_connections, c.keepalive).await?)
 }
 
 /// Loads the client's TLS material, binds its listeners and starts serving.
@@ -65,5 +66,5 @@ pub async fn start_client(cfg: &config::Client) -> Result<Running<client::Client
         connect_timeout: c.connect_timeout,
         keepalive: c.keepalive,
     };
-    Ok(serve::start(mode, &cfg.listen, c.max_connections, c.keepalive).await?)
+    Ok(serve::start(mode, &cfg.listen, serve::Follow::No, c.max_connections, c.keepalive).await?)
 }

@@ -103,6 +103,7 @@ impl Tunnels {
 /// A running proxy: its bound addresses, and the handle to stop it.
 #[derive(Debug)]
 pub struct Running<M> {
+    /// The addresses bound at start (an address this host does not own yet is bound later).
     pub local_addrs: Vec<SocketAddr>,
     pub ctx: Arc<Ctx<M>>,
     stop_accepting: CancellationToken,
@@ -112,54 +113,180 @@ pub struct Running<M> {
 
 /// Why the proxy could not start listening.
 #[derive(Debug, thiserror::Error)]
-#[error("--listen {addr}: cannot bind: {source}")]
-pub struct BindError {
-    pub addr: SocketAddr,
-    pub source: std::io::Error,
+pub enum ListenError {
+    #[error("--listen {addr}: cannot bind: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("--listen {addr}: cannot tell whether this host owns the address: {source}")]
+    Ownership { addr: SocketAddr, source: std::io::Error },
 }
 
-/// Binds every listen address and starts accepting.
+/// How often an address this host may gain or lose (a VIP) is checked.
+pub const ADDRESS_POLL: Duration = Duration::from_millis(500);
+
+/// Which listen addresses follow ownership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// Bind every address at start; failing to bind is an error (client mode).
+    No,
+    /// An address this host does not own is waited for, and released when the host loses it
+    /// (server mode: the CARP / keepalived VIP). Wildcard and loopback addresses are simply bound.
+    Ownership,
+}
+
+/// What every accept loop shares.
+#[derive(Debug)]
+struct Accepting<M> {
+    ctx: Arc<Ctx<M>>,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+    loops: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl<M> Clone for Accepting<M> {
+    fn clone(&self) -> Self {
+        Self {
+            ctx: self.ctx.clone(),
+            limit: self.limit.clone(),
+            tracker: self.tracker.clone(),
+            loops: self.loops.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+impl<M: Mode> Accepting<M> {
+    /// Starts accepting on `listener`; the returned token stops this listener alone.
+    fn serve(&self, listener: TcpListener, local: SocketAddr) -> CancellationToken {
+        tracing::info!(mode = M::NAME, listen = %local, "listening");
+        let own = self.stop.child_token();
+        self.loops.spawn(accept_loop(listener, local, self.clone(), own.clone()));
+        own
+    }
+}
+
+/// Binds every listen address (or, with [`Follow::Ownership`], waits for it) and starts accepting.
 pub async fn start<M: Mode>(
     mode: M,
     listen: &[SocketAddr],
+    follow: Follow,
     max_connections: u32,
     keepalive: Keepalive,
-) -> Result<Running<M>, BindError> {
-    let mut listeners = Vec::new();
+) -> Result<Running<M>, ListenError> {
+    // Decide and bind everything first, so a bad address fails start-up before anything runs.
+    let mut plan = Vec::new();
     for &addr in listen {
-        let listener = TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
-        listeners.push(listener);
+        let followed = follow == Follow::Ownership && !addr.ip().is_unspecified() && !addr.ip().is_loopback();
+        let owned = if followed {
+            crate::os::owns_address(addr.ip()).map_err(|source| ListenError::Ownership { addr, source })?
+        } else {
+            true
+        };
+        let listener = if owned {
+            let l = TcpListener::bind(addr).await.map_err(|source| ListenError::Bind { addr, source })?;
+            let local = l.local_addr().map_err(|source| ListenError::Bind { addr, source })?;
+            Some((l, local))
+        } else {
+            None
+        };
+        plan.push((addr, followed, listener));
     }
     let ctx =
         Arc::new(Ctx { mode, tunnels: Tunnels::default(), keepalive, hard_stop: CancellationToken::new() });
-    let limit = Arc::new(Semaphore::new(max_connections as usize));
-    let stop_accepting = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let accept_loops = TaskTracker::new();
+    let acc = Accepting {
+        ctx: ctx.clone(),
+        limit: Arc::new(Semaphore::new(max_connections as usize)),
+        tracker: TaskTracker::new(),
+        loops: TaskTracker::new(),
+        stop: CancellationToken::new(),
+    };
     let mut local_addrs = Vec::new();
-    for listener in listeners {
-        let local = listener.local_addr().map_err(|source| BindError { addr: listen[0], source })?;
-        tracing::info!(mode = M::NAME, listen = %local, "listening");
-        local_addrs.push(local);
-        accept_loops.spawn(accept_loop(
-            listener,
-            local,
-            ctx.clone(),
-            limit.clone(),
-            tracker.clone(),
-            stop_accepting.clone(),
-        ));
+    for (addr, followed, listener) in plan {
+        let serving = listener.map(|(l, local)| {
+            local_addrs.push(local);
+            (local, acc.serve(l, local))
+        });
+        if followed {
+            if serving.is_none() {
+                tracing::info!(mode = M::NAME, listen = %addr, "standing by: this host does not own the address; will bind when it does");
+            }
+            acc.loops.spawn(follow_address(addr, serving, acc.clone()));
+        }
     }
-    accept_loops.close();
-    Ok(Running { local_addrs, ctx, stop_accepting, tracker, accept_loops })
+    acc.loops.close();
+    Ok(Running {
+        local_addrs,
+        ctx,
+        stop_accepting: acc.stop.clone(),
+        tracker: acc.tracker.clone(),
+        accept_loops: acc.loops.clone(),
+    })
+}
+
+/// Watches whether this host owns `addr`: binds when it gains it, and when it loses it closes the
+/// listener and cuts every tunnel accepted through it.
+async fn follow_address<M: Mode>(
+    addr: SocketAddr,
+    mut serving: Option<(SocketAddr, CancellationToken)>,
+    acc: Accepting<M>,
+) {
+    let mut tick = tokio::time::interval(ADDRESS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Repeated failures are logged once each, not every poll.
+    let mut last_problem: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = acc.stop.cancelled() => return,
+        }
+        let owned = match crate::os::owns_address(addr.ip()) {
+            Ok(owned) => owned,
+            Err(e) => {
+                let problem = format!("cannot tell whether this host owns the address: {e}");
+                if last_problem.as_ref() != Some(&problem) {
+                    tracing::warn!(listen = %addr, "{problem}; keeping the current state");
+                    last_problem = Some(problem);
+                }
+                continue;
+            }
+        };
+        match (&serving, owned) {
+            (None, true) => match TcpListener::bind(addr).await.and_then(|l| Ok((l.local_addr()?, l))) {
+                Ok((local, listener)) => {
+                    tracing::info!(mode = M::NAME, listen = %addr, "address acquired");
+                    last_problem = None;
+                    serving = Some((local, acc.serve(listener, local)));
+                }
+                Err(e) => {
+                    let problem = format!("address acquired but cannot bind: {e}");
+                    if last_problem.as_ref() != Some(&problem) {
+                        tracing::warn!(listen = %addr, "{problem}; retrying");
+                        last_problem = Some(problem);
+                    }
+                }
+            },
+            (Some((local, token)), false) => {
+                token.cancel();
+                let local = *local;
+                let why = format!("address {} lost", addr.ip());
+                let cut = acc.ctx.tunnels.cut_where(&why, |t| t.listener == local);
+                tracing::warn!(
+                    mode = M::NAME,
+                    listen = %addr,
+                    tunnels_cut = cut,
+                    "address lost: listener closed, open tunnels through it cut; standing by"
+                );
+                serving = None;
+            }
+            _ => {}
+        }
+    }
 }
 
 async fn accept_loop<M: Mode>(
     listener: TcpListener,
     local: SocketAddr,
-    ctx: Arc<Ctx<M>>,
-    limit: Arc<Semaphore>,
-    tracker: TaskTracker,
+    acc: Accepting<M>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(10);
@@ -182,13 +309,13 @@ async fn accept_loop<M: Mode>(
             }
         };
         backoff = Duration::from_millis(10);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let Ok(permit) = acc.limit.clone().try_acquire_owned() else {
             refuse(peer, &RefuseReason::TooManyConnections);
             continue;
         };
-        net::tune(&tcp, ctx.keepalive);
-        let ctx = ctx.clone();
-        tracker.spawn(async move {
+        net::tune(&tcp, acc.ctx.keepalive);
+        let ctx = acc.ctx.clone();
+        acc.tracker.spawn(async move {
             run_one(ctx, tcp, peer, local).await;
             drop(permit);
         });

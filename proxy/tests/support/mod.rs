@@ -25,6 +25,16 @@ pub fn require(program: &str) -> bool {
     found
 }
 
+/// Root, for tests that create network namespaces: required in CI, a loud skip elsewhere.
+pub fn require_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "this test needs root in CI (network namespaces)");
+        eprintln!("!!! SKIPPING: this test needs root (it creates network namespaces)");
+    }
+    root && require("ip")
+}
+
 /// A child process whose stderr lines are collected; killed on drop.
 pub struct Proc {
     child: Child,
@@ -95,6 +105,11 @@ impl Proc {
         }
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status();
     }
@@ -124,26 +139,55 @@ pub fn wait_port(addr: SocketAddr) {
 /// A blocking echo server on loopback; counts connections.
 pub struct Echo {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
     pub connections: Arc<Mutex<usize>>,
+    /// Connections not yet closed by the peer.
+    pub open: Arc<Mutex<usize>>,
+}
+
+impl Echo {
+    pub fn open_now(&self) -> usize {
+        *self.open.lock().expect("open")
+    }
+
+    /// Waits (bounded) until no connection is open; false if some still are after `limit`.
+    pub fn all_closed_within(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.open_now() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
 }
 
 pub fn echo_server() -> Echo {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    echo_server_on(TcpListener::bind("127.0.0.1:0").expect("bind"))
+}
+
+/// An echo server on a listener made elsewhere (e.g. inside a network namespace).
+pub fn echo_server_on(listener: TcpListener) -> Echo {
     let addr = listener.local_addr().expect("addr");
     let connections = Arc::new(Mutex::new(0));
-    let count = connections.clone();
+    let open = Arc::new(Mutex::new(0));
+    let (count, live) = (connections.clone(), open.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
             *count.lock().expect("count") += 1;
+            *live.lock().expect("open") += 1;
+            let live = live.clone();
             std::thread::spawn(move || {
                 let mut r = stream.try_clone().expect("clone");
                 let mut w = stream;
                 let _ = std::io::copy(&mut r, &mut w);
                 let _ = w.shutdown(std::net::Shutdown::Write);
+                *live.lock().expect("open") -= 1;
             });
         }
     });
-    Echo { addr, connections }
+    Echo { addr, connections, open }
 }
 
 /// Sends `data`, half-closes, reads to EOF (bounded by socket timeouts).

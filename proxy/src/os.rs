@@ -1,0 +1,232 @@
+//! Everything that differs between Linux and FreeBSD, in one place.
+//!
+//! - [`owns_address`]: whether this host currently *owns* an address, i.e. should serve on it. On
+//!   Linux (keepalived, `ip addr add/del`) that is the address being assigned to an interface. On
+//!   FreeBSD a CARP address stays configured on the BACKUP node as well, so there it means: assigned,
+//!   and if it belongs to a CARP vhid, that vhid is MASTER on the interface holding it (`SIOCGVH`).
+//! - [`Privileges`]: the user and group to run as after binding.
+//!
+//! The FreeBSD part is type-checked in CI (`cargo check --target x86_64-unknown-freebsd`) but could not
+//! be run here: there is no FreeBSD host and no CARP on the test machines.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::IpAddr;
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+/// Whether this host owns `ip` now. Unspecified and loopback addresses are always owned.
+pub fn owns_address(ip: IpAddr) -> io::Result<bool> {
+    if ip.is_unspecified() || ip.is_loopback() {
+        return Ok(true);
+    }
+    imp::owns_address(ip)
+}
+
+#[cfg(not(target_os = "freebsd"))]
+mod imp {
+    use std::io;
+    use std::net::IpAddr;
+
+    /// Linux and others: the address is assigned to some interface.
+    pub fn owns_address(ip: IpAddr) -> io::Result<bool> {
+        let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+        Ok(addrs.filter_map(|a| a.address).any(|sa| {
+            sa.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())) == Some(ip)
+                || sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())) == Some(ip)
+        }))
+    }
+}
+
+#[cfg(target_os = "freebsd")]
+mod imp {
+    use std::ffi::CStr;
+    use std::io;
+    use std::net::IpAddr;
+
+    /// `struct carpreq` from <netinet/ip_carp.h>.
+    #[repr(C)]
+    struct CarpReq {
+        count: libc::c_int,
+        vhid: libc::c_int,
+        state: libc::c_int,
+        advskew: libc::c_int,
+        advbase: libc::c_int,
+        key: [libc::c_uchar; 20],
+    }
+
+    /// `_IOWR('i', 246, struct ifreq)`.
+    const SIOCGVH: libc::c_ulong = 0xc000_0000
+        | ((std::mem::size_of::<libc::ifreq>() as libc::c_ulong & 0x1fff) << 16)
+        | (0x69 << 8)
+        | 246;
+    const CARP_MASTER: libc::c_int = 2;
+
+    /// FreeBSD: the address is assigned, and if it carries a CARP vhid, that vhid is MASTER.
+    pub fn owns_address(ip: IpAddr) -> io::Result<bool> {
+        let Some((ifname, vhid)) = find(ip)? else { return Ok(false) };
+        if vhid == 0 {
+            return Ok(true); // a plain address, not CARP
+        }
+        Ok(carp_state(&ifname, vhid)? == CARP_MASTER)
+    }
+
+    /// The interface holding `ip`, and the address's CARP vhid (0: none).
+    fn find(ip: IpAddr) -> io::Result<Option<([libc::c_char; libc::IFNAMSIZ], u8)>> {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+        if unsafe { libc::getifaddrs(&mut head) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut found = None;
+        let mut cur = head;
+        while !cur.is_null() {
+            // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+            let ifa = unsafe { &*cur };
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            // SAFETY: ifa_addr points to a sockaddr whose family says how long it is.
+            let addr = unsafe { sockaddr_ip(ifa.ifa_addr) };
+            if addr != Some(ip) {
+                continue;
+            }
+            // For AF_INET/AF_INET6 entries FreeBSD points ifa_data at a struct if_data whose
+            // ifi_vhid is the address's CARP vhid (ifconfig prints it the same way).
+            let vhid = if ifa.ifa_data.is_null() {
+                0
+            } else {
+                // SAFETY: as above; the pointer is valid until freeifaddrs.
+                unsafe { (*(ifa.ifa_data as *const libc::if_data)).ifi_vhid }
+            };
+            let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
+            // SAFETY: ifa_name is a NUL-terminated interface name.
+            let bytes = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_bytes();
+            for (dst, src) in name.iter_mut().zip(bytes.iter().take(libc::IFNAMSIZ - 1)) {
+                *dst = *src as libc::c_char;
+            }
+            found = Some((name, vhid));
+            break;
+        }
+        // SAFETY: `head` came from getifaddrs and is freed once.
+        unsafe { libc::freeifaddrs(head) };
+        Ok(found)
+    }
+
+    unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
+        match i32::from((*sa).sa_family) {
+            libc::AF_INET => {
+                let sin = &*(sa as *const libc::sockaddr_in);
+                Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(sa as *const libc::sockaddr_in6);
+                Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => None,
+        }
+    }
+
+    /// The CARP state (0 INIT, 1 BACKUP, 2 MASTER) of `vhid` on interface `ifname`.
+    fn carp_state(ifname: &[libc::c_char; libc::IFNAMSIZ], vhid: u8) -> io::Result<libc::c_int> {
+        let mut req = CarpReq {
+            count: 1,
+            vhid: libc::c_int::from(vhid),
+            state: 0,
+            advskew: 0,
+            advbase: 0,
+            key: [0; 20],
+        };
+        // SAFETY: an all-zero ifreq is valid; we set its name and data pointer.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        ifr.ifr_name = *ifname;
+        ifr.ifr_ifru.ifru_data = (&mut req as *mut CarpReq).cast();
+        // SAFETY: plain socket, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGVH reads ifr and writes one carpreq (count = 1, vhid set) through ifru_data.
+        let rc = unsafe { libc::ioctl(fd, SIOCGVH, &mut ifr) };
+        let err = io::Error::last_os_error();
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        if rc < 0 {
+            return Err(err);
+        }
+        Ok(req.state)
+    }
+}
+
+/// The user and group to switch to after binding, resolved at configuration time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Privileges {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Privileges {
+    /// Resolves `--user` / `--group` (names or numbers). The group defaults to the user's own.
+    pub fn resolve(user: &str, group: Option<&str>) -> Result<Self, String> {
+        let u = match user.parse::<u32>() {
+            Ok(id) => User::from_uid(Uid::from_raw(id)),
+            Err(_) => User::from_name(user),
+        }
+        .map_err(|e| format!("--user {user}: cannot look it up: {e}"))?
+        .ok_or_else(|| format!("--user {user}: no such user"))?;
+        let gid = match group {
+            None => u.gid,
+            Some(g) => {
+                match g.parse::<u32>() {
+                    Ok(id) => Group::from_gid(Gid::from_raw(id)),
+                    Err(_) => Group::from_name(g),
+                }
+                .map_err(|e| format!("--group {g}: cannot look it up: {e}"))?
+                .ok_or_else(|| format!("--group {g}: no such group"))?
+                .gid
+            }
+        };
+        Ok(Self { user: u.name, uid: u.uid.as_raw(), gid: gid.as_raw() })
+    }
+
+    /// Switches the whole process to this user and group for good (supplementary groups dropped).
+    pub fn drop_to(&self) -> io::Result<()> {
+        let gid = Gid::from_raw(self.gid);
+        nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
+        nix::unistd::setgid(gid).map_err(io::Error::from)?;
+        nix::unistd::setuid(Uid::from_raw(self.uid)).map_err(io::Error::from)?;
+        if self.uid != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+            return Err(io::Error::other("could regain root after dropping privileges"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_wildcard_are_always_owned() {
+        for ip in ["127.0.0.1", "127.0.0.77", "::1", "0.0.0.0", "::"] {
+            assert!(owns_address(ip.parse().expect("ip")).expect("check"), "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_test_net_address_nobody_assigned_is_not_owned() {
+        assert!(!owns_address("192.0.2.253".parse().expect("ip")).expect("check"));
+    }
+
+    #[test]
+    fn unknown_users_and_groups_are_named_in_the_error() {
+        let e = Privileges::resolve("no-such-user-xyz", None).expect_err("unknown");
+        assert_eq!(e, "--user no-such-user-xyz: no such user");
+        let e = Privileges::resolve("root", Some("no-such-group-xyz")).expect_err("unknown");
+        assert_eq!(e, "--group no-such-group-xyz: no such group");
+        assert_eq!(Privileges::resolve("0", None).expect("root").uid, 0);
+    }
+}

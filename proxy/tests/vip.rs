@@ -1,0 +1,266 @@
+//! Following the VIP: the server binds an address when this host gains it and lets go (closing the
+//! tunnels accepted through it) when it loses it. Each test builds its own network namespaces with
+//! TEST-NET-1 addresses (192.0.2.0/24) and runs our binaries inside them with `ip netns exec`; the
+//! test's own sockets are made inside a namespace by a thread that joined it (setns).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{echo_server_on, p, pki, require_root, Echo, Proc};
+
+/// A network namespace of this test's own, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("ntp-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        run("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME ARGS...`, which must succeed.
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all);
+    }
+
+    /// Runs `f` on a thread that joined this namespace: sockets it makes live in the namespace.
+    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let fd = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("netns thread")
+        })
+    }
+
+    /// Our binary, running inside this namespace.
+    fn proxy(&self, name: &str, args: &[&str]) -> Proc {
+        Proc::spawn(
+            name,
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, env!("CARGO_BIN_EXE_nfs-tls-proxy")])
+                .args(args),
+        )
+    }
+
+    /// An echo backend on 127.0.0.1 inside this namespace.
+    fn echo(&self) -> Echo {
+        echo_server_on(self.enter(|| TcpListener::bind("127.0.0.1:0").expect("bind")))
+    }
+
+    fn connect(&self, addr: &str) -> std::io::Result<TcpStream> {
+        let addr: SocketAddr = addr.parse().expect("addr");
+        self.enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().expect("run");
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+const VIP: &str = "192.0.2.100";
+const VIP_LISTEN: &str = "192.0.2.100:2323";
+/// The client's plaintext listener, inside the client's namespace.
+const CLIENT_LISTEN: &str = "127.0.0.1:2049";
+
+fn server_args(dir: &std::path::Path, backend: SocketAddr) -> Vec<String> {
+    [
+        "server",
+        "--listen",
+        VIP_LISTEN,
+        "--backend",
+        &backend.to_string(),
+        "--cert",
+        &p(dir, "f3s-storage-ha-stunnel.pem"),
+        "--ca",
+        &p(dir, "ca-cert.pem"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn client_args(dir: &std::path::Path) -> Vec<String> {
+    [
+        "client",
+        "--listen",
+        CLIENT_LISTEN,
+        "--server",
+        VIP_LISTEN,
+        "--server-name",
+        "localhost",
+        "--cert",
+        &p(dir, "r0-stunnel.pem"),
+        "--ca",
+        &p(dir, "ca-cert.pem"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A round trip through the client's listener; None if the tunnel could not be made.
+fn round_trip(ns: &Netns, data: &[u8]) -> Option<TcpStream> {
+    let mut s = ns.connect(CLIENT_LISTEN).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    s.write_all(data).ok()?;
+    let mut back = vec![0; data.len()];
+    s.read_exact(&mut back).ok()?;
+    (back == data).then_some(s)
+}
+
+/// Retries a round trip until it works or `limit` passes (bounded in time and count).
+fn tunnel_within(ns: &Netns, limit: Duration) -> Option<TcpStream> {
+    let deadline = Instant::now() + limit;
+    for _ in 0..1000 {
+        if let Some(s) = round_trip(ns, b"ping through the VIP") {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// Whether the peer closes `s` within `limit` (EOF or reset, as opposed to a read timeout).
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
+#[test]
+fn a_server_stands_by_for_an_absent_address_binds_when_it_appears_and_lets_go_when_it_goes() {
+    if !require_root() {
+        return;
+    }
+    let dir = pki();
+    let ns = Netns::new("vip");
+    let backend = ns.echo();
+    let mut server = ns.proxy("server", &strs(&server_args(dir.path(), backend.addr)));
+    server.wait_line(&["standing by", VIP_LISTEN]);
+    let client = ns.proxy("client", &strs(&client_args(dir.path())));
+    client.wait_line(&["listening", CLIENT_LISTEN]);
+    assert!(round_trip(&ns, b"too early").is_none(), "nothing may answer before the address exists");
+    assert!(server.is_running(), "the server must wait for the address, not exit:\n{}", server.log());
+
+    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    let _open =
+        tunnel_within(&ns, Duration::from_secs(3)).unwrap_or_else(|| panic!("no tunnel:\n{}", server.log()));
+    server.wait_line(&["address acquired", VIP_LISTEN]);
+    assert_eq!(backend.open_now(), 1);
+
+    // The address is gone, so nothing the server sends from it reaches the client any more; the
+    // tunnel's closing shows on the backend, whose connection the server ends.
+    ns.ip(&["addr", "del", &format!("{VIP}/32"), "dev", "lo"]);
+    assert!(
+        backend.all_closed_within(Duration::from_secs(3)),
+        "the open tunnel must be closed:\n{}",
+        server.log()
+    );
+    server.wait_line(&["address lost", "tunnels_cut=1"]);
+    server.wait_line(&["tunnel closed", "end=cut: address 192.0.2.100 lost"]);
+    assert!(round_trip(&ns, b"gone").is_none(), "no tunnel while the address is away");
+
+    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    assert!(
+        tunnel_within(&ns, Duration::from_secs(3)).is_some(),
+        "tunnels must work again:\n{}",
+        server.log()
+    );
+    assert!(server.is_running());
+    assert_eq!(*backend.connections.lock().expect("count"), 2, "one backend connection per tunnel");
+}
+
+#[test]
+fn a_client_keeps_working_when_the_address_moves_from_one_server_to_the_other() {
+    if !require_root() {
+        return;
+    }
+    let dir = pki();
+    // Two storage nodes and a client host; the client reaches each node over its own veth link and
+    // its route to the VIP points at whichever node holds it (what ARP does on a shared segment).
+    let (f0, f1, r0) = (Netns::new("f0"), Netns::new("f1"), Netns::new("r0"));
+    for (node, link, here, there) in
+        [(&f0, "f0", "192.0.2.1", "192.0.2.2"), (&f1, "f1", "192.0.2.5", "192.0.2.6")]
+    {
+        r0.ip(&[
+            "link",
+            "add",
+            &format!("to-{link}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "uplink",
+            "netns",
+            &node.name,
+        ]);
+        r0.ip(&["addr", "add", &format!("{here}/30"), "dev", &format!("to-{link}")]);
+        r0.ip(&["link", "set", &format!("to-{link}"), "up"]);
+        node.ip(&["addr", "add", &format!("{there}/30"), "dev", "uplink"]);
+        node.ip(&["link", "set", "uplink", "up"]);
+        // Back to every client address, whichever link a connection came in on.
+        node.ip(&["route", "add", "192.0.2.0/24", "via", here]);
+    }
+    let (backend0, backend1) = (f0.echo(), f1.echo());
+    let server0 = f0.proxy("server f0", &strs(&server_args(dir.path(), backend0.addr)));
+    let server1 = f1.proxy("server f1", &strs(&server_args(dir.path(), backend1.addr)));
+    server0.wait_line(&["standing by"]);
+    server1.wait_line(&["standing by"]);
+    let client = r0.proxy("client r0", &strs(&client_args(dir.path())));
+    client.wait_line(&["listening", CLIENT_LISTEN]);
+
+    // f0 is MASTER.
+    f0.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    r0.ip(&["route", "add", &format!("{VIP}/32"), "via", "192.0.2.2"]);
+    let mut open = tunnel_within(&r0, Duration::from_secs(3)).unwrap_or_else(|| panic!("{}", server0.log()));
+
+    // Failover: f0 loses the address, f1 gains it.
+    f0.ip(&["addr", "del", &format!("{VIP}/32"), "dev", "lo"]);
+    f1.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    r0.ip(&["route", "replace", &format!("{VIP}/32"), "via", "192.0.2.6"]);
+    assert!(backend0.all_closed_within(Duration::from_secs(3)), "f0 must let go:\n{}", server0.log());
+    server0.wait_line(&["address lost", "tunnels_cut=1"]);
+    // The client's next bytes on the old tunnel reach f1, which knows no such connection and resets
+    // it: the old tunnel ends at once instead of hanging, and the NFS client reconnects.
+    let _ = open.write_all(b"after the failover");
+    assert!(closed_within(&mut open, Duration::from_secs(3)), "the old tunnel must end:\n{}", client.log());
+
+    // The client reconnects, as an NFS client does, and lands on f1.
+    assert!(tunnel_within(&r0, Duration::from_secs(3)).is_some(), "{}\n{}", server1.log(), client.log());
+    server1.wait_line(&["address acquired", VIP_LISTEN]);
+    server1.wait_line(&["tunnel opened"]);
+    assert_eq!(*backend0.connections.lock().expect("count"), 1);
+    assert_eq!(*backend1.connections.lock().expect("count"), 1);
+}
