@@ -1,10 +1,12 @@
 //! The binary's edge: run a parsed command until a signal, then drain. `anyhow` lives here only.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::{self, Cli, Command};
+use crate::config::{self, Cli, Command, TlsFiles};
+use crate::os::Privileges;
 use crate::tunnel::Mode;
 use crate::Running;
 
@@ -25,20 +27,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Server(args) => {
                 let cfg = config::Server::resolve(&args)?;
                 let running = crate::start_server(&cfg).await?;
-                serve_until_signal(running, cfg.common.drain_timeout, |running| {
+                let watch = Watch::new(&cfg.common, cfg.crl.clone());
+                serve_until_signal(running, watch, |running| {
                     let Command::Server(args) = reparse()? else { anyhow::bail!("not a server command") };
-                    crate::reload::reload_server(running, &config::Server::resolve(&args)?)?;
-                    Ok(())
+                    let cfg = config::Server::resolve(&args)?;
+                    crate::reload::reload_server(running, &cfg)?;
+                    Ok((cfg.common.tls, cfg.crl))
                 })
                 .await
             }
             Command::Client(args) => {
                 let cfg = config::Client::resolve(&args)?;
                 let running = crate::start_client(&cfg).await?;
-                serve_until_signal(running, cfg.common.drain_timeout, |running| {
+                let watch = Watch::new(&cfg.common, None);
+                serve_until_signal(running, watch, |running| {
                     let Command::Client(args) = reparse()? else { anyhow::bail!("not a client command") };
-                    crate::reload::reload_client(running, &config::Client::resolve(&args)?)?;
-                    Ok(())
+                    let cfg = config::Client::resolve(&args)?;
+                    crate::reload::reload_client(running, &cfg)?;
+                    Ok((cfg.common.tls, None))
                 })
                 .await
             }
@@ -54,30 +60,99 @@ fn reparse() -> anyhow::Result<Command> {
         .command)
 }
 
-/// Serves until SIGTERM/SIGINT (then drains); SIGHUP reloads, and a failed reload keeps the
-/// current configuration.
+/// What the serving loop keeps an eye on besides signals.
+struct Watch {
+    tls: TlsFiles,
+    crl: Option<PathBuf>,
+    drain: Duration,
+    reload_every: Option<Duration>,
+    privileges: Option<Privileges>,
+}
+
+impl Watch {
+    fn new(common: &config::Common, crl: Option<PathBuf>) -> Self {
+        Self {
+            tls: common.tls.clone(),
+            crl,
+            drain: common.drain_timeout,
+            reload_every: common.reload_every,
+            privileges: common.privileges.clone(),
+        }
+    }
+
+    fn warn_expiry(&self) {
+        crate::expiry::warn_near(
+            &crate::expiry::deadlines(&self.tls, self.crl.as_deref()),
+            time::OffsetDateTime::now_utc(),
+        );
+    }
+}
+
+/// An interval whose first tick is one period from now (or never).
+fn every(period: Option<Duration>) -> Option<tokio::time::Interval> {
+    period.map(|p| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    })
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Drops privileges if asked, then serves until SIGTERM/SIGINT (then drains). SIGHUP and
+/// `--reload-every` reload, and a failed reload keeps the current configuration; expiry warnings are
+/// logged at start, after each reload and once a day.
 async fn serve_until_signal<M: Mode>(
     running: Running<M>,
-    drain: Duration,
-    reload: impl Fn(&Running<M>) -> anyhow::Result<()>,
+    mut watch: Watch,
+    reload: impl Fn(&Running<M>) -> anyhow::Result<(TlsFiles, Option<PathBuf>)>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    if let Some(p) = &watch.privileges {
+        p.drop_to()
+            .with_context(|| format!("cannot switch to user {} (uid {}, gid {})", p.user, p.uid, p.gid))?;
+        tracing::info!(user = %p.user, uid = p.uid, gid = p.gid, "dropped privileges");
+    }
+    watch.warn_expiry();
+    let mut reload_tick = every(watch.reload_every);
+    let mut expiry_tick = every(Some(crate::expiry::CHECK_EVERY));
     let which = loop {
-        tokio::select! {
+        let why = tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => {
-                if let Err(e) = reload(&running) {
-                    tracing::warn!(error = format!("{e:#}"), "reload failed; keeping the current configuration");
-                }
+            _ = hup.recv() => "SIGHUP",
+            _ = tick(&mut reload_tick) => "--reload-every",
+            _ = tick(&mut expiry_tick) => {
+                watch.warn_expiry();
+                continue;
+            }
+        };
+        match reload(&running) {
+            Ok((tls, crl)) => {
+                (watch.tls, watch.crl) = (tls, crl);
+                watch.warn_expiry();
+            }
+            Err(e) => {
+                tracing::warn!(
+                    trigger = why,
+                    error = format!("{e:#}"),
+                    "reload failed; keeping the current configuration"
+                )
             }
         }
     };
     tracing::info!(signal = which, "shutting down");
-    let cut = running.shutdown(drain).await;
+    let cut = running.shutdown(watch.drain).await;
     tracing::info!(cut, "stopped");
     Ok(())
 }

@@ -11,6 +11,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::identity::AllowList;
+use crate::os::Privileges;
 
 /// A TLS tunnel for NFS: stunnel's replacement on the storage servers (`server`) and the NFS clients
 /// (`client`).
@@ -81,6 +82,18 @@ pub struct CommonArgs {
     /// On SIGTERM/SIGINT, how long open tunnels may finish before they are cut.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// Re-read certificate, key, CA, CRL and allow-list this often, as SIGHUP does (e.g. 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub reload_every: Option<Duration>,
+    /// After binding, run as this user (name or uid).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// After binding, run as this group (name or gid; default: the user's group). Needs --user.
+    #[arg(long, value_name = "GROUP", requires = "user")]
+    pub group: Option<String>,
+    /// Start even if the private key file is readable by group or others.
+    #[arg(long)]
+    pub insecure_key_permissions: bool,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -99,6 +112,10 @@ pub struct ServerArgs {
     /// Admit only clients whose certificate CN or a DNS SAN is this name (repeatable).
     #[arg(long, value_name = "NAME")]
     pub allow_cn: Vec<String>,
+    /// Source port towards the backend: `any`, or `reserved` (below 1024, for Linux NFS exports
+    /// with the default `secure` option; needs root).
+    #[arg(long, value_name = "any|reserved")]
+    pub backend_source_port: Option<SourcePort>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -194,6 +211,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{s:?} is out of range"))
 }
 
+/// Which local port the backend connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SourcePort {
+    /// Whatever the OS picks.
+    #[default]
+    Any,
+    /// A port below 1024 (what Linux's `secure` export option asks for).
+    Reserved,
+}
+
 /// The certificate files of either mode.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -201,6 +228,8 @@ pub struct TlsFiles {
     /// None: the key is in the certificate file.
     pub key: Option<PathBuf>,
     pub ca: PathBuf,
+    /// Accept a key file that group or others may read (`--insecure-key-permissions`).
+    pub insecure_key_permissions: bool,
 }
 
 /// What both modes need besides their own fields.
@@ -213,6 +242,9 @@ pub struct Common {
     pub max_connections: u32,
     pub keepalive: Keepalive,
     pub drain_timeout: Duration,
+    pub reload_every: Option<Duration>,
+    /// Whom to run as after binding.
+    pub privileges: Option<Privileges>,
 }
 
 /// A resolved server configuration.
@@ -220,6 +252,7 @@ pub struct Common {
 pub struct Server {
     pub listen: Vec<SocketAddr>,
     pub backend: Endpoint,
+    pub backend_source_port: SourcePort,
     pub crl: Option<PathBuf>,
     pub allow: AllowList,
     pub common: Common,
@@ -260,6 +293,7 @@ impl Common {
                 cert: args.cert.clone().ok_or(ConfigError::Missing("--cert"))?,
                 key: args.key.clone(),
                 ca: args.ca.clone().ok_or(ConfigError::Missing("--ca"))?,
+                insecure_key_permissions: args.insecure_key_permissions,
             },
             min_tls: args.min_tls.unwrap_or(TlsVersion::Tls13),
             handshake_timeout: args.handshake_timeout.unwrap_or(Duration::from_secs(10)),
@@ -267,6 +301,13 @@ impl Common {
             max_connections: args.max_connections.unwrap_or(1024),
             keepalive: args.keepalive.unwrap_or(Keepalive::After(Duration::from_secs(60))),
             drain_timeout: args.drain_timeout.unwrap_or(Duration::from_secs(5)),
+            reload_every: args.reload_every,
+            privileges: match &args.user {
+                None => None,
+                Some(user) => {
+                    Some(Privileges::resolve(user, args.group.as_deref()).map_err(ConfigError::Args)?)
+                }
+            },
         })
     }
 }
@@ -276,12 +317,36 @@ impl Server {
         if args.listen.is_empty() {
             return Err(ConfigError::Missing("--listen"));
         }
+        let backend = args.backend.clone().ok_or(ConfigError::Missing("--backend"))?;
+        let common = Common::resolve(&args.common)?;
+        let backend_source_port = args.backend_source_port.unwrap_or_default();
+        if common.privileges.is_some() {
+            if backend_source_port == SourcePort::Reserved {
+                return Err(ConfigError::Args(
+                    "--backend-source-port reserved needs root for every backend connection; it cannot be \
+                     combined with --user"
+                        .into(),
+                ));
+            }
+            // A VIP is re-bound after every failover, long after privileges are gone.
+            if let Some(addr) = args
+                .listen
+                .iter()
+                .find(|a| a.port() < 1024 && !a.ip().is_unspecified() && !a.ip().is_loopback())
+            {
+                return Err(ConfigError::Args(format!(
+                    "--listen {addr} with --user: after dropping privileges the address could not be bound \
+                     again after a failover (port below 1024); use a port from 1024 up or run without --user"
+                )));
+            }
+        }
         Ok(Self {
             listen: args.listen.clone(),
-            backend: args.backend.clone().ok_or(ConfigError::Missing("--backend"))?,
+            backend,
+            backend_source_port,
             crl: args.crl.clone(),
             allow: AllowList::new(args.allow_cn.iter().cloned()),
-            common: Common::resolve(&args.common)?,
+            common,
         })
     }
 }
@@ -348,6 +413,15 @@ fn file_to_args(
             .ok_or_else(|| err(format!("unknown key {key:?}")))?;
         if cli.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
             continue; // the flag wins
+        }
+        if let toml::Value::Boolean(on) = value {
+            if arg.get_num_args().is_some_and(|n| n.takes_values()) {
+                return Err(err(format!("key {key:?}: expected a value, not true/false")));
+            }
+            if *on {
+                out.push(format!("--{flag}"));
+            }
+            continue;
         }
         let values = match value {
             toml::Value::Array(items) => items.iter().collect(),

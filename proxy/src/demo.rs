@@ -11,7 +11,7 @@ use anyhow::{ensure, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::{self, Common, Endpoint, Keepalive, TlsFiles, TlsVersion, Upstream};
+use crate::config::{self, Common, Endpoint, Keepalive, SourcePort, TlsFiles, TlsVersion, Upstream};
 use crate::identity::AllowList;
 
 /// The demo PKI (certs-example/): public material, never for real use.
@@ -52,6 +52,7 @@ pub async fn run() -> anyhow::Result<()> {
     let server = crate::start_server(&config::Server {
         listen: vec![loopback()],
         backend: Endpoint { host: "127.0.0.1".into(), port: backend.port() },
+        backend_source_port: SourcePort::Any,
         crl: Some(p("crl.pem")),
         allow: AllowList::new(["r0".to_owned(), "r1".to_owned(), "r2".to_owned(), "earth".to_owned()]),
         common: common(&p("f3s-storage-ha-cert.pem"), &p("f3s-storage-ha-key.pem"), &p("ca-cert.pem")),
@@ -106,13 +107,20 @@ fn loopback() -> std::net::SocketAddr {
 
 fn common(cert: &Path, key: &Path, ca: &Path) -> Common {
     Common {
-        tls: TlsFiles { cert: cert.to_owned(), key: Some(key.to_owned()), ca: ca.to_owned() },
+        tls: TlsFiles {
+            cert: cert.to_owned(),
+            key: Some(key.to_owned()),
+            ca: ca.to_owned(),
+            insecure_key_permissions: false,
+        },
         min_tls: TlsVersion::Tls13,
         handshake_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(5),
         max_connections: 64,
         keepalive: Keepalive::After(Duration::from_secs(60)),
         drain_timeout: Duration::from_secs(1),
+        reload_every: None,
+        privileges: None,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod app;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod expiry;
 pub mod identity;
 pub mod logging;
 pub mod net;
@@ -47,6 +48,7 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<server::Server
     let mode = server::ServerMode {
         tls: watch::Sender::new(tls),
         backend: cfg.backend.clone(),
+        backend_source_port: cfg.backend_source_port,
         handshake_timeout: c.handshake_timeout,
         connect_timeout: c.connect_timeout,
         keepalive: c.keepalive,

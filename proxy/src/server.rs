@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Endpoint, Keepalive};
+use crate::config::{Endpoint, Keepalive, SourcePort};
 use crate::identity::peer_name;
 use crate::net;
 use crate::refuse::RefuseReason;
@@ -25,6 +25,7 @@ pub struct ServerMode {
     /// Taken afresh for every handshake, so a reload only affects new connections.
     pub tls: watch::Sender<ServerTls>,
     pub backend: Endpoint,
+    pub backend_source_port: SourcePort,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub keepalive: Keepalive,
@@ -51,9 +52,10 @@ impl Mode for ServerMode {
         let peer_cert =
             tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
         let identity = peer_name(tls.get_ref().1.peer_certificates());
-        let (backend, upstream) = net::connect(&self.backend, self.connect_timeout, self.keepalive)
-            .await
-            .map_err(|e| RefuseReason::Unreachable(format!("backend {e}")))?;
+        let (backend, upstream) =
+            net::connect_from(&self.backend, self.backend_source_port, self.connect_timeout, self.keepalive)
+                .await
+                .map_err(|e| RefuseReason::Unreachable(format!("backend {e}")))?;
         Ok(Opened { inbound: tls, outbound: backend, identity, upstream, peer_cert })
     }
 }

@@ -19,6 +19,13 @@ use crate::identity::{AllowList, AllowListVerifier};
 pub enum TlsError {
     #[error(transparent)]
     Pem(#[from] PemError),
+    #[error(
+        "{path}: private key is readable by group or others (mode {mode:04o}); fix with `chmod 600 {path}` \
+         (or pass --insecure-key-permissions)"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: contains no private key; pass --key")]
     NoKey { path: PathBuf },
     #[error("{key} does not match the certificate in {cert} ({detail})")]
@@ -55,8 +62,22 @@ fn load_identity(
     if files.key.is_none() && !pem::has_private_key(&files.cert)? {
         return Err(TlsError::NoKey { path: files.cert.clone() });
     }
+    if !files.insecure_key_permissions {
+        check_key_permissions(&key_path)?;
+    }
     let key = pem::load_private_key(&key_path)?;
     Ok((chain, key, key_path))
+}
+
+/// Refuses a key file that group or others may read, as ssh does.
+fn check_key_permissions(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyPermissions { path: path.to_owned(), mode });
+    }
+    Ok(())
 }
 
 fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {

@@ -5,33 +5,6 @@ mod support;
 
 use support::*;
 
-fn fails_with(args: &[&str], expect: &str) {
-    let mut proxy = Proc::proxy(args);
-    let code = proxy.wait_exit();
-    assert_ne!(code, Some(0), "{args:?} should fail");
-    let log = proxy.log();
-    let error_lines: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
-    assert_eq!(error_lines.len(), 1, "{args:?}: expected one error line in:\n{log}");
-    assert!(error_lines[0].contains(expect), "{args:?}: {:?} lacks {expect:?}", error_lines[0]);
-}
-
-fn server_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<String> {
-    let mut v: Vec<String> = ["server", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:2049"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    v.extend([
-        "--cert".to_string(),
-        format!("{dir}/f3s-storage-ha-cert.pem"),
-        "--key".to_string(),
-        format!("{dir}/f3s-storage-ha-key.pem"),
-        "--ca".to_string(),
-        format!("{dir}/ca-cert.pem"),
-    ]);
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
 #[test]
 fn missing_certificate_file_is_named_in_one_line() {
     let dir = pki();

@@ -28,25 +28,6 @@ fn our_server(dir: &std::path::Path, backend: std::net::SocketAddr) -> Proc {
     proxy
 }
 
-/// Our client towards `server`, using stunnel's combined PEM (no --key).
-fn our_client(dir: &std::path::Path, server: std::net::SocketAddr) -> Proc {
-    let proxy = Proc::proxy(&[
-        "client",
-        "--listen",
-        "127.0.0.1:0",
-        "--server",
-        &server.to_string(),
-        "--server-name",
-        "f3s-storage-ha",
-        "--cert",
-        &p(dir, "r0-stunnel.pem"),
-        "--ca",
-        &p(dir, "ca-cert.pem"),
-    ]);
-    proxy.listen_addr();
-    proxy
-}
-
 fn stunnel(dir: &std::path::Path, name: &str, config: &str) -> Proc {
     let conf = write(dir, name, &format!("foreground = yes\npid =\ndebug = 5\n{config}"));
     Proc::spawn("stunnel", Command::new("stunnel4").arg(conf))

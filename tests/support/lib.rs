@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ca_tool::ca::{CaDir, LeafRequest};
 use ca_tool::index::CertKind;
-use nfs_tls_proxy::config::{self, Common, Endpoint, Keepalive, TlsFiles, TlsVersion, Upstream};
+use nfs_tls_proxy::config::{self, Common, Endpoint, Keepalive, SourcePort, TlsFiles, TlsVersion, Upstream};
 use nfs_tls_proxy::identity::AllowList;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -62,6 +62,7 @@ impl TestPki {
             cert: self.path(&format!("{name}-cert.pem")),
             key: Some(self.path(&format!("{name}-key.pem"))),
             ca: self.path("ca-cert.pem"),
+            insecure_key_permissions: false,
         }
     }
 
@@ -81,7 +82,14 @@ impl TestPki {
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &issuer).expect("sign");
         std::fs::write(self.path(&format!("{name}-cert.pem")), cert.pem()).expect("write");
-        std::fs::write(self.path(&format!("{name}-key.pem")), key.serialize_pem()).expect("write");
+        let key_path = self.path(&format!("{name}-key.pem"));
+        ca_tool::fsutil::write_atomic(
+            &key_path,
+            key.serialize_pem().as_bytes(),
+            ca_tool::fsutil::SECRET,
+            true,
+        )
+        .expect("write");
     }
 }
 
@@ -108,6 +116,8 @@ pub fn common(files: TlsFiles) -> Common {
         max_connections: 1024,
         keepalive: Keepalive::After(Duration::from_secs(60)),
         drain_timeout: Duration::from_secs(1),
+        reload_every: None,
+        privileges: None,
     }
 }
 
@@ -116,6 +126,7 @@ pub fn server_config(pki: &TestPki, backend: SocketAddr) -> config::Server {
     config::Server {
         listen: vec![loopback()],
         backend: endpoint(backend),
+        backend_source_port: SourcePort::Any,
         crl: Some(pki.path("crl.pem")),
         allow: AllowList::default(),
         common: common(pki.files(SERVER)),

@@ -110,6 +110,10 @@ impl Proc {
         self.child.try_wait().expect("wait").is_none()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status();
     }
@@ -233,4 +237,52 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
     path
+}
+
+/// Runs our binary with `args`, which must fail with exactly one error line containing `expect`.
+pub fn fails_with(args: &[&str], expect: &str) {
+    let mut proxy = Proc::proxy(args);
+    let code = proxy.wait_exit();
+    assert_ne!(code, Some(0), "{args:?} should fail");
+    let log = proxy.log();
+    let error_lines: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(error_lines.len(), 1, "{args:?}: expected one error line in:\n{log}");
+    assert!(error_lines[0].contains(expect), "{args:?}: {:?} lacks {expect:?}", error_lines[0]);
+}
+
+/// Server flags on loopback with the pki() material, then `extra`.
+pub fn server_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut v: Vec<String> = ["server", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:2049"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend([
+        "--cert".to_string(),
+        format!("{dir}/f3s-storage-ha-cert.pem"),
+        "--key".to_string(),
+        format!("{dir}/f3s-storage-ha-key.pem"),
+        "--ca".to_string(),
+        format!("{dir}/ca-cert.pem"),
+    ]);
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Our client towards `server`, using stunnel's combined PEM (no --key).
+pub fn our_client(dir: &std::path::Path, server: std::net::SocketAddr) -> Proc {
+    let proxy = Proc::proxy(&[
+        "client",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        &server.to_string(),
+        "--server-name",
+        "f3s-storage-ha",
+        "--cert",
+        &p(dir, "r0-stunnel.pem"),
+        "--ca",
+        &p(dir, "ca-cert.pem"),
+    ]);
+    proxy.listen_addr();
+    proxy
 }
