@@ -88,7 +88,7 @@ async fn plaintext_client_is_refused_as_not_tls() {
     let pki = TestPki::new();
     let backend = EchoBackend::start().await;
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
-    let back = within(T, echo_through(server.local_addrs[0], b"\x80\x00\x00\x28plain NFS RPC")).await;
+    let back = within(T, echo_through(server.local_addrs[0], b"GET / HTTP/1.0\r\n\r\n")).await;
     assert!(back.map(|b| b.is_empty()).unwrap_or(true));
     assert!(logs.wait_for(&["connection refused", "reason=\"not-tls\""]).await, "{}", logs.text());
     assert_eq!(backend.connections(), 0);

@@ -12,16 +12,19 @@ use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Keepalive, Upstream};
+use crate::config::{Keepalive, Transport, Upstream};
 use crate::identity::peer_name;
 use crate::net;
 use crate::refuse::RefuseReason;
+use crate::rpc;
 use crate::tunnel::{Mode, Opened};
 
 #[derive(Debug)]
 pub struct ClientMode {
     pub tls: watch::Sender<Arc<rustls::ClientConfig>>,
     pub servers: Vec<Upstream>,
+    /// Plain TLS, or RFC 9289's probe first.
+    pub protocol: Transport,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub keepalive: Keepalive,
@@ -48,6 +51,7 @@ impl Mode for ClientMode {
                         identity,
                         upstream: addr,
                         peer_cert: None,
+                        transport: self.protocol,
                     });
                 }
                 Err(reason) => {
@@ -68,11 +72,19 @@ impl ClientMode {
         let name = ServerName::try_from(upstream.server_name.clone()).map_err(|_| {
             RefuseReason::Tls(format!("{:?} is not a valid server name", upstream.server_name))
         })?;
-        let (tcp, addr) = net::connect(&upstream.endpoint, self.connect_timeout, self.keepalive)
+        let (mut tcp, addr) = net::connect(&upstream.endpoint, self.connect_timeout, self.keepalive)
             .await
             .map_err(RefuseReason::Unreachable)?;
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        if self.protocol == Transport::RpcTls {
+            match tokio::time::timeout_at(deadline, rpc::send_probe(&mut tcp, rpc::next_xid())).await {
+                Err(_) => return Err(RefuseReason::HandshakeTimeout),
+                Ok(Err(e)) => return Err(RefuseReason::NoStartTls(format!("{addr}: {e}"))),
+                Ok(Ok(())) => {}
+            }
+        }
         let connector = TlsConnector::from(self.tls.borrow().clone());
-        match tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp)).await {
+        match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
             Err(_) => Err(RefuseReason::HandshakeTimeout),
             Ok(Err(e)) => Err(RefuseReason::from_handshake(&e)),
             Ok(Ok(tls)) => Ok((tls, addr)),

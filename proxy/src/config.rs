@@ -112,6 +112,10 @@ pub struct ServerArgs {
     /// Admit only clients whose certificate CN or a DNS SAN is this name (repeatable).
     #[arg(long, value_name = "NAME")]
     pub allow_cn: Vec<String>,
+    /// Answer RFC 9289 RPC-with-TLS clients (AUTH_TLS probe, then TLS 1.3) on the same port as
+    /// stunnel-style TLS clients.
+    #[arg(long, value_name = "on|off")]
+    pub rpc_tls: Option<OnOff>,
     /// Source port towards the backend: `any`, or `reserved` (below 1024, for Linux NFS exports
     /// with the default `secure` option; needs root).
     #[arg(long, value_name = "any|reserved")]
@@ -131,6 +135,10 @@ pub struct ClientArgs {
     /// Name the server certificate must carry (default: the host part of each --server).
     #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
+    /// How to talk to the servers: `tls` (nfs-tls-proxy or stunnel servers) or `rpc-tls` (RFC 9289:
+    /// AUTH_TLS probe, then TLS 1.3; e.g. FreeBSD's nfsd with rpc.tlsservd).
+    #[arg(long, value_name = "tls|rpc-tls")]
+    pub upstream_protocol: Option<Transport>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -211,6 +219,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{s:?} is out of range"))
 }
 
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// How TLS starts on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Transport {
+    /// TLS from the first byte (stunnel style).
+    #[default]
+    Tls,
+    /// RFC 9289: an AUTH_TLS NULL probe answered with STARTTLS, then TLS 1.3.
+    RpcTls,
+}
+
+impl Transport {
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::RpcTls => "rpc-tls",
+        }
+    }
+}
+
 /// Which local port the backend connection comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SourcePort {
@@ -253,6 +287,8 @@ pub struct Server {
     pub listen: Vec<SocketAddr>,
     pub backend: Endpoint,
     pub backend_source_port: SourcePort,
+    /// Whether RFC 9289 clients are answered.
+    pub rpc_tls: bool,
     pub crl: Option<PathBuf>,
     pub allow: AllowList,
     pub common: Common,
@@ -263,6 +299,7 @@ pub struct Server {
 pub struct Client {
     pub listen: Vec<SocketAddr>,
     pub servers: Vec<Upstream>,
+    pub upstream_protocol: Transport,
     pub common: Common,
 }
 
@@ -344,6 +381,7 @@ impl Server {
             listen: args.listen.clone(),
             backend,
             backend_source_port,
+            rpc_tls: args.rpc_tls != Some(OnOff::Off),
             crl: args.crl.clone(),
             allow: AllowList::new(args.allow_cn.iter().cloned()),
             common,
@@ -369,7 +407,12 @@ impl Client {
                 server_name: args.server_name.clone().unwrap_or_else(|| endpoint.host.clone()),
             })
             .collect();
-        Ok(Self { listen, servers, common: Common::resolve(&args.common)? })
+        Ok(Self {
+            listen,
+            servers,
+            upstream_protocol: args.upstream_protocol.unwrap_or_default(),
+            common: Common::resolve(&args.common)?,
+        })
     }
 }
 

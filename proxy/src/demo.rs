@@ -11,7 +11,9 @@ use anyhow::{ensure, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::{self, Common, Endpoint, Keepalive, SourcePort, TlsFiles, TlsVersion, Upstream};
+use crate::config::{
+    self, Common, Endpoint, Keepalive, SourcePort, TlsFiles, TlsVersion, Transport, Upstream,
+};
 use crate::identity::AllowList;
 
 /// The demo PKI (certs-example/): public material, never for real use.
@@ -53,6 +55,7 @@ pub async fn run() -> anyhow::Result<()> {
         listen: vec![loopback()],
         backend: Endpoint { host: "127.0.0.1".into(), port: backend.port() },
         backend_source_port: SourcePort::Any,
+        rpc_tls: true,
         crl: Some(p("crl.pem")),
         allow: AllowList::new(["r0".to_owned(), "r1".to_owned(), "r2".to_owned(), "earth".to_owned()]),
         common: common(&p("f3s-storage-ha-cert.pem"), &p("f3s-storage-ha-key.pem"), &p("ca-cert.pem")),
@@ -61,6 +64,7 @@ pub async fn run() -> anyhow::Result<()> {
     let server_addr = server.local_addrs[0];
     let client_cfg = |cert: &Path, key: &Path| config::Client {
         listen: vec![loopback()],
+        upstream_protocol: Transport::Tls,
         servers: vec![Upstream {
             endpoint: Endpoint { host: "127.0.0.1".into(), port: server_addr.port() },
             server_name: "f3s-storage-ha".into(),

@@ -22,6 +22,7 @@ pub mod net;
 pub mod os;
 pub mod refuse;
 pub mod reload;
+pub mod rpc;
 pub mod serve;
 pub mod server;
 pub mod splice;
@@ -49,6 +50,7 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<server::Server
         tls: watch::Sender::new(tls),
         backend: cfg.backend.clone(),
         backend_source_port: cfg.backend_source_port,
+        rpc_tls: cfg.rpc_tls,
         handshake_timeout: c.handshake_timeout,
         connect_timeout: c.connect_timeout,
         keepalive: c.keepalive,
@@ -60,10 +62,11 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<server::Server
 /// Loads the client's TLS material, binds its listeners and starts serving.
 pub async fn start_client(cfg: &config::Client) -> Result<Running<client::ClientMode>, StartError> {
     let c = &cfg.common;
-    let tls = tls::client_config(&c.tls, c.min_tls)?;
+    let tls = tls::client_config(&c.tls, c.min_tls, cfg.upstream_protocol)?;
     let mode = client::ClientMode {
         tls: watch::Sender::new(tls),
         servers: cfg.servers.clone(),
+        protocol: cfg.upstream_protocol,
         handshake_timeout: c.handshake_timeout,
         connect_timeout: c.connect_timeout,
         keepalive: c.keepalive,

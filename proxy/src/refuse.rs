@@ -9,8 +9,14 @@ use rustls::CertificateError;
 /// A refusal, with a short reason word for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefuseReason {
-    /// The first bytes were not a TLS handshake.
+    /// The first bytes were neither a TLS handshake nor (with --rpc-tls on) an RPC record.
     NotTls,
+    /// An RPC record that is not the RFC 9289 AUTH_TLS probe (e.g. plaintext NFS).
+    RpcNotProbe(String),
+    /// A malformed or oversized RPC record where the probe was expected.
+    RpcMalformed(String),
+    /// Client mode, `--upstream-protocol rpc-tls`: the server did not answer the probe with STARTTLS.
+    NoStartTls(String),
     /// The handshake did not finish within the handshake timeout.
     HandshakeTimeout,
     /// The peer closed the connection before the handshake finished.
@@ -47,6 +53,9 @@ impl RefuseReason {
     pub fn word(&self) -> &'static str {
         match self {
             Self::NotTls => "not-tls",
+            Self::RpcNotProbe(_) => "rpc-without-tls",
+            Self::RpcMalformed(_) => "rpc-malformed",
+            Self::NoStartTls(_) => "no-starttls",
             Self::HandshakeTimeout => "handshake-timeout",
             Self::ClosedEarly => "closed-during-handshake",
             Self::NoCertificate => "no-certificate",
@@ -111,7 +120,13 @@ impl RefuseReason {
 
     fn detail(&self) -> Option<&str> {
         match self {
-            Self::PeerRejected(d) | Self::TlsIncompatible(d) | Self::Tls(d) | Self::Unreachable(d) => Some(d),
+            Self::PeerRejected(d)
+            | Self::TlsIncompatible(d)
+            | Self::Tls(d)
+            | Self::Unreachable(d)
+            | Self::RpcNotProbe(d)
+            | Self::RpcMalformed(d)
+            | Self::NoStartTls(d) => Some(d),
             _ => None,
         }
     }

@@ -40,7 +40,7 @@ pub fn reload_server(running: &Running<ServerMode>, cfg: &config::Server) -> Res
 
 /// Reloads a client's certificate, key and CA.
 pub fn reload_client(running: &Running<ClientMode>, cfg: &config::Client) -> Result<(), TlsError> {
-    let new = tls::client_config(&cfg.common.tls, cfg.common.min_tls)?;
+    let new = tls::client_config(&cfg.common.tls, cfg.common.min_tls, cfg.upstream_protocol)?;
     running.ctx.mode.tls.send_replace(new);
     tracing::info!("reloaded TLS material");
     Ok(())

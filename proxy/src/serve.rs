@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Keepalive;
+use crate::config::{Keepalive, Transport};
 use crate::net;
 use crate::refuse::{refuse, RefuseReason};
 use crate::splice::{Counters, Cut};
@@ -36,6 +36,7 @@ pub struct TunnelEntry {
     pub listener: SocketAddr,
     pub identity: String,
     pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    pub transport: Transport,
     pub started: Instant,
     pub counters: Counters,
     pub cut: Cut,
@@ -61,6 +62,7 @@ impl Tunnels {
         listener: SocketAddr,
         identity: &str,
         peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+        transport: Transport,
     ) -> Arc<TunnelEntry> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(TunnelEntry {
@@ -69,6 +71,7 @@ impl Tunnels {
             listener,
             identity: identity.to_owned(),
             peer_cert,
+            transport,
             started: Instant::now(),
             counters: Counters::default(),
             cut: Cut::default(),

@@ -1,5 +1,6 @@
-//! Server mode's open(): sniff for TLS -> TLS accept under the handshake deadline (certificate, CRL
-//! and allow-list are checked inside the handshake) -> only then dial the backend.
+//! Server mode's open(): sniff the first byte -> (RFC 9289 clients: answer the AUTH_TLS probe) -> TLS
+//! accept under the handshake deadline (certificate, CRL and allow-list are checked inside the
+//! handshake) -> only then dial the backend. One port serves stunnel-style and RPC-with-TLS clients.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,10 +11,11 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Endpoint, Keepalive, SourcePort};
+use crate::config::{Endpoint, Keepalive, SourcePort, Transport};
 use crate::identity::peer_name;
 use crate::net;
 use crate::refuse::RefuseReason;
+use crate::rpc::{self, RpcError};
 use crate::tls::ServerTls;
 use crate::tunnel::{Mode, Opened};
 
@@ -26,6 +28,8 @@ pub struct ServerMode {
     pub tls: watch::Sender<ServerTls>,
     pub backend: Endpoint,
     pub backend_source_port: SourcePort,
+    /// Answer RFC 9289 probes (`--rpc-tls on`).
+    pub rpc_tls: bool,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub keepalive: Keepalive,
@@ -42,8 +46,22 @@ impl Mode for ServerMode {
         _peer: SocketAddr,
     ) -> Result<Opened<Self::Inbound, Self::Outbound>, RefuseReason> {
         let deadline = Instant::now() + self.handshake_timeout;
-        sniff_tls(&tcp, deadline).await?;
-        let acceptor = TlsAcceptor::from(self.tls.borrow().config.clone());
+        let mut tcp = tcp;
+        let transport = sniff(&tcp, deadline, self.rpc_tls).await?;
+        let config = match transport {
+            Transport::Tls => self.tls.borrow().config.clone(),
+            Transport::RpcTls => {
+                match tokio::time::timeout_at(deadline, rpc::answer_probe(&mut tcp)).await {
+                    Err(_) => return Err(RefuseReason::HandshakeTimeout),
+                    Ok(Err(RpcError::NotProbe(d))) => return Err(RefuseReason::RpcNotProbe(d)),
+                    Ok(Err(RpcError::Io(_))) => return Err(RefuseReason::ClosedEarly),
+                    Ok(Err(e)) => return Err(RefuseReason::RpcMalformed(e.to_string())),
+                    Ok(Ok(_probe)) => {}
+                }
+                self.tls.borrow().rpc_config.clone()
+            }
+        };
+        let acceptor = TlsAcceptor::from(config);
         let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Err(_) => return Err(RefuseReason::HandshakeTimeout),
             Ok(Err(e)) => return Err(RefuseReason::from_handshake(&e)),
@@ -56,18 +74,19 @@ impl Mode for ServerMode {
             net::connect_from(&self.backend, self.backend_source_port, self.connect_timeout, self.keepalive)
                 .await
                 .map_err(|e| RefuseReason::Unreachable(format!("backend {e}")))?;
-        Ok(Opened { inbound: tls, outbound: backend, identity, upstream, peer_cert })
+        Ok(Opened { inbound: tls, outbound: backend, identity, upstream, peer_cert, transport })
     }
 }
 
-/// Waits for the first byte and refuses anything that is not a TLS handshake record, without
-/// consuming it.
-async fn sniff_tls(tcp: &TcpStream, deadline: Instant) -> Result<(), RefuseReason> {
+/// Waits for the first byte, without consuming it: a TLS handshake record, or (if `rpc_tls`) the
+/// record mark of an RPC record, whose last-fragment bit is set. Anything else is refused.
+async fn sniff(tcp: &TcpStream, deadline: Instant, rpc_tls: bool) -> Result<Transport, RefuseReason> {
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Err(_) => Err(RefuseReason::HandshakeTimeout),
         Ok(Ok(0)) | Ok(Err(_)) => Err(RefuseReason::ClosedEarly),
-        Ok(Ok(_)) if first[0] == TLS_HANDSHAKE => Ok(()),
+        Ok(Ok(_)) if first[0] == TLS_HANDSHAKE => Ok(Transport::Tls),
+        Ok(Ok(_)) if rpc_tls && first[0] & 0x80 != 0 => Ok(Transport::RpcTls),
         Ok(Ok(_)) => Err(RefuseReason::NotTls),
     }
 }

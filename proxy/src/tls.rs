@@ -11,7 +11,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
-use crate::config::{TlsFiles, TlsVersion};
+use crate::config::{TlsFiles, TlsVersion, Transport};
 use crate::identity::{AllowList, AllowListVerifier};
 
 /// Certificate material that cannot be used.
@@ -121,33 +121,55 @@ pub fn server_config(
         _ => TlsError::BadCa { path: files.ca.clone(), detail: e.to_string() },
     })?;
     let verifier: Arc<dyn ClientCertVerifier> = Arc::new(AllowListVerifier { inner, allow: allow.clone() });
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions(min))?
-        .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(chain, key)
-        .map_err(|e| key_error(files, key_path, e))?;
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(ServerTls { config: Arc::new(config), verifier })
+    let build = |versions, alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)?
+            .with_client_cert_verifier(verifier.clone())
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| key_error(files, key_path.clone(), e))?;
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        config.alpn_protocols = alpn;
+        Ok(Arc::new(config))
+    };
+    let config = build(versions(min), Vec::new())?;
+    // RFC 9289: TLS 1.3 only; "sunrpc" is offered back if the client asks, never required.
+    let rpc_config = build(&TLS13_ONLY, vec![crate::rpc::ALPN.to_vec()])?;
+    Ok(ServerTls { config, rpc_config, verifier })
 }
 
 /// A server's TLS configuration, and the client verifier inside it (kept to re-check the
 /// certificates of open tunnels after a reload).
 #[derive(Debug, Clone)]
 pub struct ServerTls {
+    /// For stunnel-style TLS clients.
     pub config: Arc<ServerConfig>,
+    /// For RPC-with-TLS clients, after the probe: TLS 1.3 only, ALPN "sunrpc" if offered.
+    pub rpc_config: Arc<ServerConfig>,
     pub verifier: Arc<dyn ClientCertVerifier>,
 }
 
 /// Client side: present our certificate, verify the server's against `files.ca`. No resumption.
-pub fn client_config(files: &TlsFiles, min: TlsVersion) -> Result<Arc<ClientConfig>, TlsError> {
+/// Towards an RPC-with-TLS server: TLS 1.3 only, offering ALPN "sunrpc".
+pub fn client_config(
+    files: &TlsFiles,
+    min: TlsVersion,
+    protocol: Transport,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let (chain, key, key_path) = load_identity(files)?;
     let roots = load_roots(&files.ca)?;
+    let versions = match protocol {
+        Transport::Tls => versions(min),
+        Transport::RpcTls => &TLS13_ONLY,
+    };
     let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions(min))?
+        .with_protocol_versions(versions)?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|e| key_error(files, key_path, e))?;
     config.resumption = rustls::client::Resumption::disabled();
+    if protocol == Transport::RpcTls {
+        config.alpn_protocols = vec![crate::rpc::ALPN.to_vec()];
+    }
     Ok(Arc::new(config))
 }

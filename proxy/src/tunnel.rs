@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::config::Transport;
 use crate::refuse::{refuse, RefuseReason};
 use crate::serve::Ctx;
 use crate::splice::splice;
@@ -26,6 +27,8 @@ pub struct Opened<I, O> {
     pub upstream: SocketAddr,
     /// The client certificate (server mode), re-checked against the CRL and allow-list on reload.
     pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// How TLS started on the TLS leg: stunnel-style or RFC 9289.
+    pub transport: Transport,
 }
 
 /// What differs between server and client mode: how a tunnel is opened.
@@ -56,8 +59,9 @@ pub async fn run_one<M: Mode>(ctx: Arc<Ctx<M>>, tcp: TcpStream, peer: SocketAddr
         Ok(opened) => opened,
         Err(reason) => return refuse(peer, &reason),
     };
-    let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert);
-    tracing::info!(%peer, identity = %opened.identity, upstream = %opened.upstream, "tunnel opened");
+    let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert, opened.transport);
+    let transport = opened.transport.word();
+    tracing::info!(%peer, identity = %opened.identity, upstream = %opened.upstream, transport, "tunnel opened");
     let end = splice(opened.inbound, opened.outbound, &entry.counters, &entry.cut).await;
     ctx.tunnels.remove(entry.id);
     let (bytes_up, bytes_down) = entry.counters.totals();
@@ -65,6 +69,7 @@ pub async fn run_one<M: Mode>(ctx: Arc<Ctx<M>>, tcp: TcpStream, peer: SocketAddr
         %peer,
         identity = %opened.identity,
         upstream = %opened.upstream,
+        transport,
         bytes_up,
         bytes_down,
         duration_ms = started.elapsed().as_millis() as u64,

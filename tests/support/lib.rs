@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use ca_tool::ca::{CaDir, LeafRequest};
 use ca_tool::index::CertKind;
-use nfs_tls_proxy::config::{self, Common, Endpoint, Keepalive, SourcePort, TlsFiles, TlsVersion, Upstream};
+use nfs_tls_proxy::config::{
+    self, Common, Endpoint, Keepalive, SourcePort, TlsFiles, TlsVersion, Transport, Upstream,
+};
 use nfs_tls_proxy::identity::AllowList;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -127,6 +129,7 @@ pub fn server_config(pki: &TestPki, backend: SocketAddr) -> config::Server {
         listen: vec![loopback()],
         backend: endpoint(backend),
         backend_source_port: SourcePort::Any,
+        rpc_tls: true,
         crl: Some(pki.path("crl.pem")),
         allow: AllowList::default(),
         common: common(pki.files(SERVER)),
@@ -137,6 +140,7 @@ pub fn server_config(pki: &TestPki, backend: SocketAddr) -> config::Server {
 pub fn client_config(pki: &TestPki, name: &str, servers: &[SocketAddr], server_name: &str) -> config::Client {
     config::Client {
         listen: vec![loopback()],
+        upstream_protocol: Transport::Tls,
         servers: servers
             .iter()
             .map(|a| Upstream { endpoint: endpoint(*a), server_name: server_name.to_owned() })
@@ -222,6 +226,29 @@ pub async fn tls_connect(
     cert: Option<&str>,
     server: SocketAddr,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(server).await?;
+    let name = rustls::pki_types::ServerName::try_from(SERVER).expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(test_client_tls(pki, cert))).connect(name, tcp).await
+}
+
+/// A TLS 1.3 handshake as `cert` over an already connected stream (e.g. after the RFC 9289 probe),
+/// offering ALPN "sunrpc" if `alpn`.
+pub async fn tls_over(
+    pki: &TestPki,
+    cert: &str,
+    tcp: TcpStream,
+    alpn: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut config = test_client_tls(pki, Some(cert));
+    if alpn {
+        config.alpn_protocols = vec![b"sunrpc".to_vec()];
+    }
+    let name = rustls::pki_types::ServerName::try_from(SERVER).expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+}
+
+/// A rustls client configuration written independently of the proxy's loader.
+fn test_client_tls(pki: &TestPki, cert: Option<&str>) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in ca_tool::pem::load_certs(&pki.path("ca-cert.pem")).expect("ca") {
@@ -243,9 +270,7 @@ pub async fn tls_connect(
         }
         None => builder.with_no_client_auth(),
     };
-    let tcp = TcpStream::connect(server).await?;
-    let name = rustls::pki_types::ServerName::try_from(SERVER).expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+    config
 }
 
 /// Log lines written while the capture is alive (current-thread runtime: all tasks log here).
