@@ -150,3 +150,182 @@ fn libnfs_lists_and_reads_a_16_mib_file_from_ganesha_through_our_client_and_serv
     assert_eq!(digest(&cat.stdout), digest(&data));
     server.wait_line(&["tunnel closed", "identity=r0"]);
 }
+
+/// One of the independent Python peers in tests/peers/.
+fn python_peer(script: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers").join(script));
+    cmd
+}
+
+#[test]
+fn an_independent_rfc9289_client_gets_an_nfs_null_reply_from_ganesha_through_our_server() {
+    if !(require("ganesha.nfsd") && require("python3")) {
+        return;
+    }
+    let dir = pki();
+    std::fs::create_dir(dir.path().join("export")).expect("mkdir");
+    let (_ganesha, nfs) = ganesha(dir.path());
+    let server = our_server(dir.path(), nfs);
+    let addr = server.listen_addr();
+    for alpn in [true, false] {
+        let mut cmd = python_peer("rpc_tls_client.py");
+        cmd.args([
+            "127.0.0.1",
+            &addr.port().to_string(),
+            "--ca",
+            &p(dir.path(), "ca-cert.pem"),
+            "--cert",
+            &p(dir.path(), "r0-cert.pem"),
+            "--key",
+            &p(dir.path(), "r0-key.pem"),
+            "--server-name",
+            "f3s-storage-ha",
+        ]);
+        if !alpn {
+            cmd.arg("--no-alpn"); // as Linux's tlshd
+        }
+        let out = cmd.output().expect("python3");
+        let line = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && line.starts_with("OK nfs-null-accepted version=TLSv1.3"),
+            "{line}\n{}",
+            server.log()
+        );
+        assert_eq!(line.contains("alpn=sunrpc"), alpn, "{line}");
+    }
+    server.wait_line(&["tunnel closed", "identity=r0", "transport=\"rpc-tls\""]);
+}
+
+#[test]
+fn libnfs_reads_from_ganesha_through_our_client_in_rpc_tls_mode_and_our_server() {
+    if !(require("ganesha.nfsd") && require("nfs-cat") && require("nfs-ls")) {
+        return;
+    }
+    let dir = pki();
+    let export = dir.path().join("export");
+    std::fs::create_dir(&export).expect("mkdir");
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8).collect();
+    std::fs::write(export.join("four.bin"), &data).expect("write");
+    let (_ganesha, nfs) = ganesha(dir.path());
+    let server = our_server(dir.path(), nfs);
+    let client = Proc::proxy(&[
+        "client",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        &server.listen_addr().to_string(),
+        "--server-name",
+        "f3s-storage-ha",
+        "--upstream-protocol",
+        "rpc-tls",
+        "--cert",
+        &p(dir.path(), "r0-stunnel.pem"),
+        "--ca",
+        &p(dir.path(), "ca-cert.pem"),
+    ]);
+    let port = client.listen_addr().port();
+    let ls = Command::new("timeout")
+        .args(["60", "nfs-ls", &format!("nfs://127.0.0.1/export/?version=4&nfsport={port}")])
+        .output()
+        .expect("nfs-ls");
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("four.bin"), "{}", client.log());
+    let cat = Command::new("timeout")
+        .args(["120", "nfs-cat", &format!("nfs://127.0.0.1/export/four.bin?version=4&nfsport={port}")])
+        .output()
+        .expect("nfs-cat");
+    assert!(cat.status.success() && cat.stdout == data, "{}", String::from_utf8_lossy(&cat.stderr));
+    server.wait_line(&["tunnel closed", "identity=r0", "transport=\"rpc-tls\""]);
+    client.wait_line(&["tunnel closed", "identity=f3s-storage-ha", "transport=\"rpc-tls\""]);
+}
+
+/// The Python RPC-with-TLS server: started, its port read from its first line.
+struct PyServer {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    port: u16,
+}
+
+impl PyServer {
+    fn start(dir: &std::path::Path, answer: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = python_peer("rpc_tls_server.py")
+            .args(["--ca", &p(dir, "ca-cert.pem"), "--cert", &p(dir, "f3s-storage-ha-cert.pem")])
+            .args(["--key", &p(dir, "f3s-storage-ha-key.pem"), "--answer", answer])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("first line");
+        let port =
+            line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).expect("listening PORT");
+        Self { child, out, port }
+    }
+
+    /// The result line it prints when its one connection ends (it has its own timeouts).
+    fn result(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("result line");
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rpc_tls_client(dir: &std::path::Path, port: u16) -> Proc {
+    let client = Proc::proxy(&[
+        "client",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--server-name",
+        "f3s-storage-ha",
+        "--upstream-protocol",
+        "rpc-tls",
+        "--cert",
+        &p(dir, "r0-stunnel.pem"),
+        "--ca",
+        &p(dir, "ca-cert.pem"),
+    ]);
+    client.listen_addr();
+    client
+}
+
+#[test]
+fn our_client_speaks_rfc9289_to_an_independent_rpc_tls_server() {
+    if !require("python3") {
+        return;
+    }
+    let dir = pki();
+    let mut peer = PyServer::start(dir.path(), "starttls");
+    let client = rpc_tls_client(dir.path(), peer.port);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(echo_through(client.listen_addr(), &data), data, "{}", client.log());
+    let result = peer.result();
+    assert!(result.starts_with("tls TLSv1.3 ") && result.ends_with(" sunrpc echoed=100000"), "{result}");
+    client.wait_line(&["tunnel closed", "transport=\"rpc-tls\"", "bytes_up=100000"]);
+}
+
+#[test]
+fn our_client_refuses_a_server_that_denies_or_ignores_the_probe_and_sends_it_nothing_more() {
+    if !require("python3") {
+        return;
+    }
+    let dir = pki();
+    for answer in ["denied", "plain"] {
+        let mut peer = PyServer::start(dir.path(), answer);
+        let client = rpc_tls_client(dir.path(), peer.port);
+        let back = echo_through(client.listen_addr(), b"plaintext NFS that must not leak");
+        assert!(back.is_empty(), "{answer}: got {back:?}");
+        client.wait_line(&["connection refused", "reason=\"no-starttls\""]);
+        assert_eq!(peer.result(), "after-reply-bytes 0", "{answer}: the server got more than the probe");
+    }
+}
