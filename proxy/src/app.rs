@@ -80,11 +80,11 @@ impl Watch {
         }
     }
 
-    fn warn_expiry(&self) {
-        crate::expiry::warn_near(
-            &crate::expiry::deadlines(&self.tls, self.crl.as_deref()),
-            time::OffsetDateTime::now_utc(),
-        );
+    /// Logs near expiry and publishes every deadline as a metric.
+    fn check_expiry(&self, metrics: &crate::metrics::Metrics) {
+        let deadlines = crate::expiry::deadlines(&self.tls, self.crl.as_deref());
+        crate::expiry::warn_near(&deadlines, time::OffsetDateTime::now_utc());
+        metrics.set_expiry(&deadlines);
     }
 }
 
@@ -123,7 +123,10 @@ async fn serve_until_signal<M: Mode>(
             .with_context(|| format!("cannot switch to user {} (uid {}, gid {})", p.user, p.uid, p.gid))?;
         tracing::info!(user = %p.user, uid = p.uid, gid = p.gid, "dropped privileges");
     }
-    watch.warn_expiry();
+    watch.check_expiry(&running.ctx.metrics);
+    if let Err(e) = crate::os::sd_notify("READY=1") {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
     let mut reload_tick = every(watch.reload_every);
     let mut expiry_tick = every(Some(crate::expiry::CHECK_EVERY));
     let which = loop {
@@ -133,14 +136,14 @@ async fn serve_until_signal<M: Mode>(
             _ = hup.recv() => "SIGHUP",
             _ = tick(&mut reload_tick) => "--reload-every",
             _ = tick(&mut expiry_tick) => {
-                watch.warn_expiry();
+                watch.check_expiry(&running.ctx.metrics);
                 continue;
             }
         };
         match reload(&running) {
             Ok((tls, crl)) => {
                 (watch.tls, watch.crl) = (tls, crl);
-                watch.warn_expiry();
+                watch.check_expiry(&running.ctx.metrics);
             }
             Err(e) => {
                 tracing::warn!(
@@ -152,6 +155,7 @@ async fn serve_until_signal<M: Mode>(
         }
     };
     tracing::info!(signal = which, "shutting down");
+    let _ = crate::os::sd_notify("STOPPING=1");
     let cut = running.shutdown(watch.drain).await;
     tracing::info!(cut, "stopped");
     Ok(())

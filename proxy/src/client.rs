@@ -62,6 +62,21 @@ impl Mode for ClientMode {
         }
         Err(last)
     }
+
+    /// A TLS handshake (after the probe, in rpc-tls mode) with the first server that completes one.
+    async fn health(&self) -> Result<String, String> {
+        let mut problems = Vec::new();
+        for upstream in &self.servers {
+            match self.handshake(upstream).await {
+                Ok((tls, addr)) => {
+                    let who = peer_name(tls.get_ref().1.peer_certificates());
+                    return Ok(format!("TLS handshake with {} ({addr}, {who})", upstream.endpoint));
+                }
+                Err(reason) => problems.push(format!("{}: {reason}", upstream.endpoint)),
+            }
+        }
+        Err(problems.join("; "))
+    }
 }
 
 impl ClientMode {

@@ -91,6 +91,9 @@ pub struct CommonArgs {
     /// After binding, run as this group (name or gid; default: the user's group). Needs --user.
     #[arg(long, value_name = "GROUP", requires = "user")]
     pub group: Option<String>,
+    /// Serve /metrics, /healthz and /tunnels over plain HTTP here (ADDR, or PORT for 127.0.0.1:PORT).
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
     /// Start even if the private key file is readable by group or others.
     #[arg(long)]
     pub insecure_key_permissions: bool,
@@ -203,6 +206,14 @@ fn parse_keepalive(s: &str) -> Result<Keepalive, String> {
     parse_duration(s).map(Keepalive::After)
 }
 
+/// `127.0.0.1:9469`, or a bare port for loopback.
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| format!("{s:?} is not an address (e.g. 127.0.0.1:9469) or a port"))
+}
+
 /// `10` (seconds), `10s`, `500ms`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -277,6 +288,8 @@ pub struct Common {
     pub keepalive: Keepalive,
     pub drain_timeout: Duration,
     pub reload_every: Option<Duration>,
+    /// Where /metrics, /healthz and /tunnels are served.
+    pub metrics: Option<SocketAddr>,
     /// Whom to run as after binding.
     pub privileges: Option<Privileges>,
 }
@@ -339,6 +352,7 @@ impl Common {
             keepalive: args.keepalive.unwrap_or(Keepalive::After(Duration::from_secs(60))),
             drain_timeout: args.drain_timeout.unwrap_or(Duration::from_secs(5)),
             reload_every: args.reload_every,
+            metrics: args.metrics,
             privileges: match &args.user {
                 None => None,
                 Some(user) => {

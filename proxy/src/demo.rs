@@ -124,6 +124,7 @@ fn common(cert: &Path, key: &Path, ca: &Path) -> Common {
         keepalive: Keepalive::After(Duration::from_secs(60)),
         drain_timeout: Duration::from_secs(1),
         reload_every: None,
+        metrics: None,
         privileges: None,
     }
 }

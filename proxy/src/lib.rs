@@ -18,7 +18,9 @@ pub mod demo;
 pub mod expiry;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod net;
+pub mod ops;
 pub mod os;
 pub mod refuse;
 pub mod reload;
@@ -40,6 +42,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Listen(#[from] serve::ListenError),
+    #[error(transparent)]
+    Ops(#[from] ops::OpsError),
 }
 
 /// Loads the server's TLS material, binds its listeners and starts serving.
@@ -56,7 +60,10 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<server::Server
         keepalive: c.keepalive,
     };
     tracing::info!(backend = %cfg.backend, crl = ?cfg.crl, allow = ?cfg.allow.names().collect::<Vec<_>>(), "server ready");
-    Ok(serve::start(mode, &cfg.listen, serve::Follow::Ownership, c.max_connections, c.keepalive).await?)
+    let running =
+        serve::start(mode, &cfg.listen, serve::Follow::Ownership, c.max_connections, c.keepalive).await?;
+    start_ops(&running, c.metrics).await?;
+    Ok(running)
 }
 
 /// Loads the client's TLS material, binds its listeners and starts serving.
@@ -71,5 +78,18 @@ pub async fn start_client(cfg: &config::Client) -> Result<Running<client::Client
         connect_timeout: c.connect_timeout,
         keepalive: c.keepalive,
     };
-    Ok(serve::start(mode, &cfg.listen, serve::Follow::No, c.max_connections, c.keepalive).await?)
+    let running = serve::start(mode, &cfg.listen, serve::Follow::No, c.max_connections, c.keepalive).await?;
+    start_ops(&running, c.metrics).await?;
+    Ok(running)
+}
+
+async fn start_ops<M: tunnel::Mode>(
+    running: &Running<M>,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<(), StartError> {
+    if let Some(addr) = addr {
+        let bound = ops::start(addr, running.ctx.clone(), running.stop_token()).await?;
+        running.ctx.ops_addr.set(bound).ok();
+    }
+    Ok(())
 }

@@ -160,6 +160,27 @@ mod imp {
     }
 }
 
+/// Tells systemd (`Type=notify`) about a state change, e.g. `READY=1`; does nothing when not run by
+/// systemd (no `NOTIFY_SOCKET`), e.g. on FreeBSD.
+pub fn sd_notify(state: &str) -> io::Result<()> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(()) };
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)?;
+            return Ok(());
+        }
+        #[cfg(not(target_os = "linux"))]
+        return Err(io::Error::other(format!("abstract NOTIFY_SOCKET {:?} needs Linux", name)));
+    }
+    socket.send_to(state.as_bytes(), &path)?;
+    Ok(())
+}
+
 /// The user and group to switch to after binding, resolved at configuration time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Privileges {

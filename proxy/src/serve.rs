@@ -26,6 +26,9 @@ pub struct Ctx<M> {
     pub keepalive: Keepalive,
     /// Cancelled when the drain time is over: connections still in their handshake end too.
     pub hard_stop: CancellationToken,
+    pub metrics: crate::metrics::Metrics,
+    /// Where /metrics etc. are served, once bound.
+    pub ops_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 /// One open tunnel, as the registry sees it.
@@ -39,6 +42,9 @@ pub struct TunnelEntry {
     pub transport: Transport,
     pub started: Instant,
     pub counters: Counters,
+    /// What the metrics have already counted of `counters`.
+    pub reported_up: AtomicU64,
+    pub reported_down: AtomicU64,
     pub cut: Cut,
 }
 
@@ -74,6 +80,8 @@ impl Tunnels {
             transport,
             started: Instant::now(),
             counters: Counters::default(),
+            reported_up: AtomicU64::new(0),
+            reported_down: AtomicU64::new(0),
             cut: Cut::default(),
         });
         self.lock().insert(id, entry.clone());
@@ -194,8 +202,14 @@ pub async fn start<M: Mode>(
         };
         plan.push((addr, followed, listener));
     }
-    let ctx =
-        Arc::new(Ctx { mode, tunnels: Tunnels::default(), keepalive, hard_stop: CancellationToken::new() });
+    let ctx = Arc::new(Ctx {
+        mode,
+        tunnels: Tunnels::default(),
+        keepalive,
+        hard_stop: CancellationToken::new(),
+        metrics: crate::metrics::Metrics::new(M::NAME),
+        ops_addr: std::sync::OnceLock::new(),
+    });
     let acc = Accepting {
         ctx: ctx.clone(),
         limit: Arc::new(Semaphore::new(max_connections as usize)),
@@ -205,6 +219,7 @@ pub async fn start<M: Mode>(
     };
     let mut local_addrs = Vec::new();
     for (addr, followed, listener) in plan {
+        ctx.metrics.set_owned(addr, listener.is_some());
         let serving = listener.map(|(l, local)| {
             local_addrs.push(local);
             (local, acc.serve(l, local))
@@ -257,6 +272,7 @@ async fn follow_address<M: Mode>(
             (None, true) => match TcpListener::bind(addr).await.and_then(|l| Ok((l.local_addr()?, l))) {
                 Ok((local, listener)) => {
                     tracing::info!(mode = M::NAME, listen = %addr, "address acquired");
+                    acc.ctx.metrics.set_owned(addr, true);
                     last_problem = None;
                     serving = Some((local, acc.serve(listener, local)));
                 }
@@ -270,6 +286,7 @@ async fn follow_address<M: Mode>(
             },
             (Some((local, token)), false) => {
                 token.cancel();
+                acc.ctx.metrics.set_owned(addr, false);
                 let local = *local;
                 let why = format!("address {} lost", addr.ip());
                 let cut = acc.ctx.tunnels.cut_where(&why, |t| t.listener == local);
@@ -314,6 +331,7 @@ async fn accept_loop<M: Mode>(
         backoff = Duration::from_millis(10);
         let Ok(permit) = acc.limit.clone().try_acquire_owned() else {
             refuse(peer, &RefuseReason::TooManyConnections);
+            acc.ctx.metrics.refused(&RefuseReason::TooManyConnections);
             continue;
         };
         net::tune(&tcp, acc.ctx.keepalive);
@@ -326,6 +344,11 @@ async fn accept_loop<M: Mode>(
 }
 
 impl<M: Mode> Running<M> {
+    /// Cancelled when the proxy stops accepting (for side services such as the metrics endpoint).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop_accepting.clone()
+    }
+
     /// Stops accepting, lets open tunnels finish for `drain`, then cuts the rest. Returns how many
     /// tunnels were cut.
     pub async fn shutdown(self, drain: Duration) -> usize {

@@ -76,6 +76,18 @@ impl Mode for ServerMode {
                 .map_err(|e| RefuseReason::Unreachable(format!("backend {e}")))?;
         Ok(Opened { inbound: tls, outbound: backend, identity, upstream, peer_cert, transport })
     }
+
+    /// An NFS NULL call (program 100003, version 4, procedure 0) to the backend: "NFS answers", not
+    /// only "the port is open".
+    async fn health(&self) -> Result<String, String> {
+        let (mut tcp, addr) = net::connect(&self.backend, self.connect_timeout, Keepalive::Off)
+            .await
+            .map_err(|e| format!("backend {e}"))?;
+        rpc::nfs_null(&mut tcp, rpc::next_xid(), crate::ops::HEALTH_TIMEOUT)
+            .await
+            .map_err(|e| format!("backend {addr}: NFS NULL call failed: {e}"))?;
+        Ok(format!("backend {addr} answered an NFS NULL call"))
+    }
 }
 
 /// Waits for the first byte, without consuming it: a TLS handshake record, or (if `rpc_tls`) the

@@ -46,6 +46,9 @@ pub trait Mode: Send + Sync + 'static {
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> impl Future<Output = Result<Opened<Self::Inbound, Self::Outbound>, RefuseReason>> + Send;
+
+    /// Whether the far side works (for `/healthz`): a one-line description either way.
+    fn health(&self) -> impl Future<Output = Result<String, String>> + Send;
 }
 
 /// Runs one connection to its end and logs its summary.
@@ -57,13 +60,18 @@ pub async fn run_one<M: Mode>(ctx: Arc<Ctx<M>>, tcp: TcpStream, peer: SocketAddr
     };
     let opened = match opened {
         Ok(opened) => opened,
-        Err(reason) => return refuse(peer, &reason),
+        Err(reason) => {
+            ctx.metrics.refused(&reason);
+            return refuse(peer, &reason);
+        }
     };
     let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert, opened.transport);
     let transport = opened.transport.word();
+    ctx.metrics.opened(&opened.identity, transport, started.elapsed());
     tracing::info!(%peer, identity = %opened.identity, upstream = %opened.upstream, transport, "tunnel opened");
     let end = splice(opened.inbound, opened.outbound, &entry.counters, &entry.cut).await;
     ctx.tunnels.remove(entry.id);
+    ctx.metrics.closed(&entry);
     let (bytes_up, bytes_down) = entry.counters.totals();
     tracing::info!(
         %peer,

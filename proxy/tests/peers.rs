@@ -86,37 +86,6 @@ fn our_client_reaches_the_backend_through_a_stunnel_server() {
     client.wait_line(&["tunnel closed", "identity=f3s-storage-ha", "bytes_up=1000000"]);
 }
 
-/// nfs-ganesha serving `export/` on a free port, in the foreground.
-fn ganesha(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
-    let port = free_port();
-    let export = dir.join("export");
-    let conf = write(
-        dir,
-        "ganesha.conf",
-        &format!(
-            "NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = {port}; Bind_addr = 127.0.0.1; Enable_NLM = false; \
-             Enable_RQUOTA = false; Enable_UDP = false; }}\n\
-             NFSV4 {{ Graceless = true; Only_Numeric_Owners = true; }}\n\
-             EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RW; Squash = No_Root_Squash; \
-             FSAL {{ Name = VFS; }} CLIENT {{ Clients = 127.0.0.1; Access_Type = RW; }} }}\n",
-            export.display()
-        ),
-    );
-    let proc = Proc::spawn(
-        "ganesha",
-        Command::new("ganesha.nfsd")
-            .args(["-F", "-f"])
-            .arg(&conf)
-            .arg("-L")
-            .arg(dir.join("ganesha.log"))
-            .arg("-p")
-            .arg(dir.join("ganesha.pid")),
-    );
-    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_port(addr);
-    (proc, addr)
-}
-
 #[test]
 fn libnfs_lists_and_reads_a_16_mib_file_from_ganesha_through_our_client_and_server() {
     if !(require("ganesha.nfsd") && require("nfs-cat") && require("nfs-ls")) {

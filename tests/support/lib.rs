@@ -119,6 +119,7 @@ pub fn common(files: TlsFiles) -> Common {
         keepalive: Keepalive::After(Duration::from_secs(60)),
         drain_timeout: Duration::from_secs(1),
         reload_every: None,
+        metrics: None,
         privileges: None,
     }
 }

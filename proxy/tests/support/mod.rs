@@ -110,6 +110,12 @@ impl Proc {
         self.child.try_wait().expect("wait").is_none()
     }
 
+    /// Kills the process now and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -285,4 +291,35 @@ pub fn our_client(dir: &std::path::Path, server: std::net::SocketAddr) -> Proc {
     ]);
     proxy.listen_addr();
     proxy
+}
+
+/// nfs-ganesha serving `export/` on a free port, in the foreground.
+pub fn ganesha(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
+    let port = free_port();
+    let export = dir.join("export");
+    let conf = write(
+        dir,
+        "ganesha.conf",
+        &format!(
+            "NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = {port}; Bind_addr = 127.0.0.1; Enable_NLM = false; \
+             Enable_RQUOTA = false; Enable_UDP = false; }}\n\
+             NFSV4 {{ Graceless = true; Only_Numeric_Owners = true; }}\n\
+             EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RW; Squash = No_Root_Squash; \
+             FSAL {{ Name = VFS; }} CLIENT {{ Clients = 127.0.0.1; Access_Type = RW; }} }}\n",
+            export.display()
+        ),
+    );
+    let proc = Proc::spawn(
+        "ganesha",
+        Command::new("ganesha.nfsd")
+            .args(["-F", "-f"])
+            .arg(&conf)
+            .arg("-L")
+            .arg(dir.join("ganesha.log"))
+            .arg("-p")
+            .arg(dir.join("ganesha.pid")),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_port(addr);
+    (proc, addr)
 }

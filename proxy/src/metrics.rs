@@ -1,0 +1,182 @@
+//! The Prometheus metrics, all defined here (names and help texts are the documentation; the README
+//! lists them). One [`Metrics`] per running proxy, held in its [`crate::serve::Ctx`].
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `nfs_tls_proxy_tunnels_open` | gauge | identity, transport |
+//! | `nfs_tls_proxy_tunnels_total` | counter | identity, transport |
+//! | `nfs_tls_proxy_bytes_total` | counter | identity, direction (`up`: towards the NFS server) |
+//! | `nfs_tls_proxy_refusals_total` | counter | reason |
+//! | `nfs_tls_proxy_handshake_duration_seconds` | histogram | transport |
+//! | `nfs_tls_proxy_listen_address_owned` | gauge | listen |
+//! | `nfs_tls_proxy_expiry_timestamp_seconds` | gauge | what (certificate, ca, crl-next-update), file |
+//! | `nfs_tls_proxy_build_info` | gauge | version, mode |
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::expiry::Deadline;
+use crate::refuse::RefuseReason;
+use crate::serve::TunnelEntry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TunnelLabels {
+    identity: String,
+    transport: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByteLabels {
+    identity: String,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenLabels {
+    listen: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpiryLabels {
+    what: &'static str,
+    file: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    mode: &'static str,
+}
+
+fn handshake_histogram() -> Histogram {
+    // 0.5 ms .. ~8 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+/// Every metric of one proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    tunnels_open: Family<TunnelLabels, Gauge>,
+    tunnels_total: Family<TunnelLabels, Counter>,
+    bytes: Family<ByteLabels, Counter>,
+    refusals: Family<ReasonLabels, Counter>,
+    handshake: Family<TransportLabels, Histogram, fn() -> Histogram>,
+    owned: Family<ListenLabels, Gauge>,
+    expiry: Family<ExpiryLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new(mode: &'static str) -> Self {
+        let mut registry = Registry::with_prefix("nfs_tls_proxy");
+        let tunnels_open = Family::<TunnelLabels, Gauge>::default();
+        let tunnels_total = Family::<TunnelLabels, Counter>::default();
+        let bytes = Family::<ByteLabels, Counter>::default();
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        let handshake = Family::<TransportLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            handshake_histogram as fn() -> Histogram,
+        );
+        let owned = Family::<ListenLabels, Gauge>::default();
+        let expiry = Family::<ExpiryLabels, Gauge>::default();
+        let build = Family::<BuildLabels, Gauge>::default();
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), mode }).set(1);
+        registry.register("tunnels_open", "Tunnels open now", tunnels_open.clone());
+        registry.register("tunnels", "Tunnels opened since start", tunnels_total.clone());
+        registry.register(
+            "bytes",
+            "Bytes carried, by client identity and direction (up: towards the NFS server)",
+            bytes.clone(),
+        );
+        registry.register("refusals", "Connections refused, by reason", refusals.clone());
+        registry.register(
+            "handshake_duration_seconds",
+            "Time from accept to an open tunnel (handshake, checks and connect)",
+            handshake.clone(),
+        );
+        registry.register(
+            "listen_address_owned",
+            "1 while this host owns the listen address (server: the VIP) and listens on it",
+            owned.clone(),
+        );
+        registry.register(
+            "expiry_timestamp_seconds",
+            "When the own certificate, the CA and the CRL's nextUpdate run out (Unix time)",
+            expiry.clone(),
+        );
+        registry.register("build_info", "Version and mode of this proxy", build);
+        Self { registry, tunnels_open, tunnels_total, bytes, refusals, handshake, owned, expiry }
+    }
+
+    pub fn refused(&self, reason: &RefuseReason) {
+        self.refusals.get_or_create(&ReasonLabels { reason: reason.word() }).inc();
+    }
+
+    pub fn opened(&self, identity: &str, transport: &'static str, took: Duration) {
+        let labels = TunnelLabels { identity: identity.to_owned(), transport: transport.to_owned() };
+        self.tunnels_open.get_or_create(&labels).inc();
+        self.tunnels_total.get_or_create(&labels).inc();
+        self.handshake.get_or_create(&TransportLabels { transport }).observe(took.as_secs_f64());
+    }
+
+    pub fn closed(&self, entry: &TunnelEntry) {
+        self.sync_bytes(entry);
+        let labels =
+            TunnelLabels { identity: entry.identity.clone(), transport: entry.transport.word().to_owned() };
+        self.tunnels_open.get_or_create(&labels).dec();
+    }
+
+    /// Moves what a tunnel carried since the last call into the byte counters, so the counters
+    /// follow live traffic (called at each scrape and at close).
+    pub fn sync_bytes(&self, entry: &TunnelEntry) {
+        let (up, down) = entry.counters.totals();
+        let up_new = up - entry.reported_up.swap(up, Ordering::Relaxed);
+        let down_new = down - entry.reported_down.swap(down, Ordering::Relaxed);
+        let identity = entry.identity.clone();
+        if up_new > 0 {
+            self.bytes
+                .get_or_create(&ByteLabels { identity: identity.clone(), direction: "up" })
+                .inc_by(up_new);
+        }
+        if down_new > 0 {
+            self.bytes.get_or_create(&ByteLabels { identity, direction: "down" }).inc_by(down_new);
+        }
+    }
+
+    pub fn set_owned(&self, listen: std::net::SocketAddr, owned: bool) {
+        self.owned.get_or_create(&ListenLabels { listen: listen.to_string() }).set(i64::from(owned));
+    }
+
+    pub fn set_expiry(&self, deadlines: &[Deadline]) {
+        self.expiry.clear();
+        for d in deadlines {
+            self.expiry
+                .get_or_create(&ExpiryLabels { what: d.what.word(), file: d.path.display().to_string() })
+                .set(d.at.unix_timestamp());
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,143 @@
+//! The operator's HTTP endpoint (`--metrics ADDR`, plain HTTP, loopback by default):
+//!
+//! - `GET /metrics`: Prometheus text (see [`crate::metrics`] for the names)
+//! - `GET /healthz`: server mode: an NFS NULL call to the backend answered; client mode: a TLS
+//!   handshake with the first server that completes one. 200 or 503 with a one-line reason.
+//! - `GET /tunnels`: the open tunnels as JSON
+//!
+//! A deliberately small HTTP/1.1 server: GET only, one request per connection, bounded head size and
+//! time, so nothing here can hold the proxy's resources.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::serve::Ctx;
+use crate::tunnel::Mode;
+
+/// Longest request head read.
+const MAX_HEAD: usize = 8192;
+/// Time allowed for a request to arrive.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for the health check itself.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("--metrics {addr}: cannot bind: {source}")]
+pub struct OpsError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Binds `addr` and serves until `stop`; returns the bound address.
+pub async fn start<M: Mode>(
+    addr: SocketAddr,
+    ctx: Arc<Ctx<M>>,
+    stop: CancellationToken,
+) -> Result<SocketAddr, OpsError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| OpsError { addr, source })?;
+    let local = listener.local_addr().map_err(|source| OpsError { addr, source })?;
+    tracing::info!(metrics = %local, "serving /metrics, /healthz and /tunnels");
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.cancelled() => return,
+            };
+            if let Ok((tcp, _)) = accepted {
+                tokio::spawn(handle(tcp, ctx.clone()));
+            }
+        }
+    });
+    Ok(local)
+}
+
+async fn handle<M: Mode>(mut tcp: TcpStream, ctx: Arc<Ctx<M>>) {
+    let Ok(Some(path)) = tokio::time::timeout(READ_TIMEOUT, read_request(&mut tcp)).await.unwrap_or(Ok(None))
+    else {
+        return;
+    };
+    let (status, content_type, body) = route(&path, &ctx).await;
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.write_all(body.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+/// Reads the request head; returns the path of a GET (anything else: None).
+async fn read_request(tcp: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut first = text.lines().next().unwrap_or("").split_whitespace();
+    match (first.next(), first.next()) {
+        (Some("GET"), Some(path)) => Ok(Some(path.split('?').next().unwrap_or(path).to_owned())),
+        _ => Ok(None),
+    }
+}
+
+async fn route<M: Mode>(path: &str, ctx: &Ctx<M>) -> (&'static str, &'static str, String) {
+    match path {
+        "/metrics" => {
+            for t in ctx.tunnels.snapshot() {
+                ctx.metrics.sync_bytes(&t);
+            }
+            ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", ctx.metrics.encode())
+        }
+        "/healthz" => match tokio::time::timeout(HEALTH_TIMEOUT, ctx.mode.health()).await {
+            Ok(Ok(ok)) => ("200 OK", "text/plain; charset=utf-8", format!("ok: {ok}\n")),
+            Ok(Err(why)) => {
+                ("503 Service Unavailable", "text/plain; charset=utf-8", format!("unhealthy: {why}\n"))
+            }
+            Err(_) => (
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                format!("unhealthy: no answer within {HEALTH_TIMEOUT:?}\n"),
+            ),
+        },
+        "/tunnels" => ("200 OK", "application/json", tunnels_json(ctx)),
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found: try /metrics, /healthz or /tunnels\n".into(),
+        ),
+    }
+}
+
+fn tunnels_json<M: Mode>(ctx: &Ctx<M>) -> String {
+    let mut open = ctx.tunnels.snapshot();
+    open.sort_by_key(|t| t.id);
+    let list: Vec<serde_json::Value> = open
+        .iter()
+        .map(|t| {
+            let (up, down) = t.counters.totals();
+            serde_json::json!({
+                "peer": t.peer.to_string(),
+                "identity": t.identity,
+                "transport": t.transport.word(),
+                "listen": t.listener.to_string(),
+                "bytes_up": up,
+                "bytes_down": down,
+                "age_seconds": t.started.elapsed().as_secs_f64(),
+            })
+        })
+        .collect();
+    let mut text = serde_json::Value::Array(list).to_string();
+    text.push('\n');
+    text
+}

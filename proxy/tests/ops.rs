@@ -1,0 +1,176 @@
+//! The operator's endpoint over real HTTP: /metrics, /healthz and /tunnels move with real traffic,
+//! refusals and a real NFS server (nfs-ganesha) going away.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::*;
+
+/// `GET path` over plain HTTP; returns (status code, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head");
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
+    (code, body.to_owned())
+}
+
+/// The metrics address our binary logged.
+fn metrics_addr(proc: &Proc) -> SocketAddr {
+    let line = proc.wait_line(&["serving /metrics", "metrics="]);
+    line.split("metrics=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .expect("addr")
+        .parse()
+        .expect("addr")
+}
+
+/// The value of the sample whose line starts with `prefix` (name and labels), if present.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_and_tunnels_move_with_traffic_and_refusals() {
+    let dir = pki();
+    let d = dir.path().display().to_string();
+    let backend = echo_server();
+    let mut args = server_args(&d, &["--metrics", "127.0.0.1:0"]);
+    args[4] = backend.addr.to_string();
+    let server = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let server_addr = server.listen_addr();
+    let ops = metrics_addr(&server);
+
+    let (code, m) = get(ops, "/metrics");
+    assert_eq!(code, 200);
+    assert!(m.contains("nfs_tls_proxy_build_info{version=\"0.1.0\",mode=\"server\"} 1"), "{m}");
+    assert_eq!(sample(&m, "nfs_tls_proxy_listen_address_owned{listen=\"127.0.0.1:0\"}"), Some(1.0), "{m}");
+    assert!(m.contains("nfs_tls_proxy_expiry_timestamp_seconds{what=\"certificate\""), "{m}");
+    assert_eq!(get(ops, "/tunnels"), (200, "[]\n".to_owned()));
+
+    // One open tunnel that has moved 1000 bytes each way.
+    let client = our_client(dir.path(), server_addr);
+    let mut open = TcpStream::connect(client.listen_addr()).expect("connect");
+    open.write_all(&[1u8; 1000]).expect("write");
+    let mut back = [0u8; 1000];
+    open.read_exact(&mut back).expect("echo");
+    server.wait_line(&["tunnel opened", "identity=r0"]);
+
+    let (_, tunnels) = get(ops, "/tunnels");
+    let list: serde_json::Value = serde_json::from_str(&tunnels).expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{tunnels}");
+    assert_eq!(list[0]["identity"], "r0");
+    assert_eq!(list[0]["transport"], "tls");
+    assert_eq!(list[0]["bytes_up"], 1000);
+    assert_eq!(list[0]["bytes_down"], 1000);
+
+    let (_, m) = get(ops, "/metrics");
+    assert_eq!(sample(&m, "nfs_tls_proxy_tunnels_open{identity=\"r0\",transport=\"tls\"}"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(&m, "nfs_tls_proxy_tunnels_total{identity=\"r0\",transport=\"tls\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "nfs_tls_proxy_bytes_total{identity=\"r0\",direction=\"up\"}"),
+        Some(1000.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "nfs_tls_proxy_bytes_total{identity=\"r0\",direction=\"down\"}"),
+        Some(1000.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "nfs_tls_proxy_handshake_duration_seconds_count{transport=\"tls\"}"),
+        Some(1.0),
+        "{m}"
+    );
+
+    // A refusal is counted by reason; closing the tunnel empties /tunnels and keeps the bytes.
+    let mut plain = TcpStream::connect(server_addr).expect("connect");
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    server.wait_line(&["connection refused", "reason=\"not-tls\""]);
+    drop(open);
+    server.wait_line(&["tunnel closed", "identity=r0"]);
+    let (_, m) = get(ops, "/metrics");
+    assert_eq!(sample(&m, "nfs_tls_proxy_refusals_total{reason=\"not-tls\"}"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "nfs_tls_proxy_tunnels_open{identity=\"r0\",transport=\"tls\"}"), Some(0.0), "{m}");
+    assert_eq!(
+        sample(&m, "nfs_tls_proxy_bytes_total{identity=\"r0\",direction=\"up\"}"),
+        Some(1000.0),
+        "{m}"
+    );
+    assert_eq!(get(ops, "/tunnels"), (200, "[]\n".to_owned()));
+    assert_eq!(get(ops, "/nothing-here").0, 404);
+}
+
+#[test]
+fn healthz_means_nfs_answers_not_just_that_the_port_is_open() {
+    if !require("ganesha.nfsd") {
+        return;
+    }
+    let dir = pki();
+    let d = dir.path().display().to_string();
+    std::fs::create_dir(dir.path().join("export")).expect("mkdir");
+    let (mut ganesha, nfs) = ganesha(dir.path());
+    let echo = echo_server();
+    let serve = |backend: SocketAddr| {
+        let mut args = server_args(&d, &["--metrics", "127.0.0.1:0"]);
+        args[4] = backend.to_string();
+        Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let in_front_of_nfs = serve(nfs);
+    let in_front_of_echo = serve(echo.addr);
+
+    let (code, body) = get(metrics_addr(&in_front_of_nfs), "/healthz");
+    assert_eq!((code, body.starts_with("ok: backend")), (200, true), "{body}");
+    assert!(body.contains("answered an NFS NULL call"), "{body}");
+    // An open port that is not NFS is not healthy.
+    let (code, body) = get(metrics_addr(&in_front_of_echo), "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("unhealthy: backend") && body.contains("NFS NULL call failed"), "{body}");
+    // Nor is a stopped NFS server.
+    ganesha.kill();
+    let (code, body) = get(metrics_addr(&in_front_of_nfs), "/healthz");
+    assert_eq!(code, 503, "{body}");
+}
+
+#[test]
+fn a_clients_healthz_is_a_handshake_with_the_first_server_that_completes_one() {
+    let dir = pki();
+    let d = dir.path().display().to_string();
+    let server = Proc::proxy(&server_args(&d, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (cert, ca) = (p(dir.path(), "r0-stunnel.pem"), p(dir.path(), "ca-cert.pem"));
+    let up = server.listen_addr().to_string();
+    let client = |servers: &[&str]| {
+        let mut v: Vec<String> =
+            ["client", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"].map(String::from).to_vec();
+        for s in servers {
+            v.extend(["--server".to_owned(), s.to_string()]);
+        }
+        v.extend(["--server-name", "f3s-storage-ha", "--cert", &cert, "--ca", &ca].map(String::from));
+        Proc::proxy(&v.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let good = client(&[&dead, &up]);
+    let (code, body) = get(metrics_addr(&good), "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("TLS handshake with") && body.contains("f3s-storage-ha"), "{body}");
+
+    let bad = client(&[&dead]);
+    let (code, body) = get(metrics_addr(&bad), "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("unreachable"), "{body}");
+}
