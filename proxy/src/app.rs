@@ -16,6 +16,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(a) => &a.common.log,
         Command::Client(a) => &a.common.log,
         Command::Demo(log) => log,
+        Command::Check(a) => &a.log,
+        Command::ConvertStunnel(a) => &a.log,
+        Command::Manual(a) => &a.log,
     };
     crate::logging::init(log).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -49,6 +52,47 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
             }
             Command::Demo(_) => crate::demo::run().await,
+            Command::Check(args) => {
+                let report = crate::check::check(&args.config, args.mode).await;
+                print!("{}", report.summary);
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+                for p in &report.problems {
+                    eprintln!("problem: {p}");
+                }
+                match report.problems.len() {
+                    0 => {
+                        println!("ok: no problems ({} warnings)", report.warnings.len());
+                        Ok(())
+                    }
+                    n => anyhow::bail!("{}: {n} problem(s)", args.config.display()),
+                }
+            }
+            Command::ConvertStunnel(args) => {
+                let text = std::fs::read_to_string(&args.file)
+                    .with_context(|| format!("{}: cannot read", args.file.display()))?;
+                match crate::convert::convert(&text, &args.file, args.service.as_deref()) {
+                    Ok(out) => {
+                        for w in &out.warnings {
+                            eprintln!("warning: {w}");
+                        }
+                        print!("{}", out.toml);
+                        Ok(())
+                    }
+                    Err(errors) => {
+                        for e in &errors {
+                            eprintln!("{e}");
+                        }
+                        anyhow::bail!(
+                            "{}: {} line(s) cannot be translated",
+                            args.file.display(),
+                            errors.len()
+                        )
+                    }
+                }
+            }
+            Command::Manual(args) => crate::manual::write(&args.out),
         }
     })
 }

@@ -30,6 +30,46 @@ pub enum Command {
     Client(ClientArgs),
     /// Run a server, a client and a backend in one process on loopback with demo certificates.
     Demo(LogArgs),
+    /// Load a configuration file exactly as start-up would, print what it holds, and fail on any
+    /// problem (one line each). For ExecStartPre / rc.d precmd.
+    Check(CheckArgs),
+    /// Translate a stunnel.conf into an nfs-tls-proxy TOML configuration (printed to stdout).
+    ConvertStunnel(ConvertArgs),
+    /// Write the man pages and shell completions into a directory.
+    Manual(ManualArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// The TOML configuration to check.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Which mode the file is for (default: `backend` means server, `server` means client).
+    #[arg(long, value_name = "server|client")]
+    pub mode: Option<crate::check::CheckMode>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConvertArgs {
+    /// The stunnel configuration file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Which [service] to translate when the file has several.
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ManualArgs {
+    /// Directory for man/*.1 and completions/ (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Logging flags, shared by every subcommand.
@@ -435,7 +475,9 @@ impl Client {
 pub fn parse_args(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let command = Cli::command();
     let matches = command.clone().try_get_matches_from(&args)?;
-    let Some((sub_name, sub_matches)) = matches.subcommand() else {
+    let Some((sub_name, sub_matches)) =
+        matches.subcommand().filter(|(n, _)| matches!(*n, "server" | "client"))
+    else {
         return Cli::from_arg_matches(&matches);
     };
     let Some(file) = sub_matches.try_get_one::<PathBuf>("config").ok().flatten().cloned() else {

@@ -12,12 +12,15 @@
 //! - [`app`]: the binary's edge (signals, exit codes); [`demo`]: the no-setup demo
 
 pub mod app;
+pub mod check;
 pub mod client;
 pub mod config;
+pub mod convert;
 pub mod demo;
 pub mod expiry;
 pub mod identity;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod net;
 pub mod ops;
