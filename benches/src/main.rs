@@ -4,9 +4,12 @@
 //!
 //!   cargo build --release -p nfs-tls-proxy && cargo run --release -p nfs-tls-proxy-benches [-- --quick]
 //!
-//! Figures: bulk echo throughput on one stream (MiB/s each way), 200-byte request/response latency
-//! (p50, p99) and new connections per second (handshake + one request/response). Results are printed
-//! as a table and written to target/bench-results.json.
+//! Figures: bulk echo throughput on one and on four streams (MiB/s each way), 200-byte
+//! request/response latency (p50, p99), new connections per second (handshake + one request/response),
+//! memory of the two tunnel processes per idle tunnel (1000 open), and real NFS through each path
+//! (nfs-ganesha as the backend, libnfs `nfs-cat` of a 64 MiB file with its checksum compared, and
+//! `nfs-ls -R` of a 500-file tree). The negotiated TLS version and suite of both tunnels are read from
+//! their logs and must agree. Results are printed as a table and written to target/bench-results.json.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -21,14 +24,21 @@ struct Settings {
     bulk_bytes: usize,
     latency_rounds: usize,
     conn_window: Duration,
+    idle_tunnels: usize,
+    nfs_file_mib: usize,
+    nfs_tree_files: usize,
 }
 
 #[derive(Default, Clone)]
 struct Figures {
     bulk_mib_s: Vec<f64>,
+    bulk4_mib_s: Vec<f64>,
     p50_us: Vec<f64>,
     p99_us: Vec<f64>,
     conns_per_s: Vec<f64>,
+    nfs_cat_s: Vec<f64>,
+    nfs_ls_s: Vec<f64>,
+    rss_kib_per_tunnel: Option<f64>,
 }
 
 /// Kills the child on drop.
@@ -48,10 +58,22 @@ fn main() -> anyhow::Result<()> {
             bulk_bytes: 16 << 20,
             latency_rounds: 300,
             conn_window: Duration::from_millis(500),
+            idle_tunnels: 100,
+            nfs_file_mib: 8,
+            nfs_tree_files: 50,
         }
     } else {
-        Settings { reps: 3, bulk_bytes: 128 << 20, latency_rounds: 5000, conn_window: Duration::from_secs(3) }
+        Settings {
+            reps: 3,
+            bulk_bytes: 128 << 20,
+            latency_rounds: 5000,
+            conn_window: Duration::from_secs(3),
+            idle_tunnels: 1000,
+            nfs_file_mib: 64,
+            nfs_tree_files: 500,
+        }
     };
+    raise_fd_limit();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let proxy_bin = std::env::var_os("NFS_TLS_PROXY_BIN")
         .map(PathBuf::from)
@@ -77,14 +99,17 @@ fn main() -> anyhow::Result<()> {
         })?;
     }
     let echo = echo_server()?;
-    let (_stunnel, stunnel_addr) = stunnel_pair(pki, echo)?;
-    let (_ours, ours_addr) = our_pair(&proxy_bin, pki, echo)?;
+    let (stunnel, stunnel_addr) = stunnel_pair(pki, "echo", echo)?;
+    let (ours, ours_addr) = our_pair(&proxy_bin, pki, "echo", echo)?;
     let paths = [("direct", echo), ("stunnel", stunnel_addr), ("nfs-tls-proxy", ours_addr)];
     let mut results: Vec<Figures> = vec![Figures::default(); paths.len()];
     for rep in 0..s.reps {
         for (i, (name, addr)) in paths.iter().enumerate() {
             let f = &mut results[i];
             f.bulk_mib_s.push(bulk(*addr, s.bulk_bytes).with_context(|| format!("{name}: bulk"))?);
+            f.bulk4_mib_s.push(
+                bulk_streams(*addr, s.bulk_bytes / 4, 4).with_context(|| format!("{name}: 4 streams"))?,
+            );
             let (p50, p99) = latency(*addr, s.latency_rounds).with_context(|| format!("{name}: latency"))?;
             f.p50_us.push(p50);
             f.p99_us.push(p99);
@@ -93,7 +118,164 @@ fn main() -> anyhow::Result<()> {
             eprintln!("rep {rep}: {name} done");
         }
     }
-    report(&paths.iter().map(|p| p.0).collect::<Vec<_>>(), &results, &root)
+    // Memory: the two processes of each tunnel, holding `idle_tunnels` open idle tunnels.
+    results[1].rss_kib_per_tunnel = Some(rss_per_tunnel(&stunnel, stunnel_addr, s.idle_tunnels)?);
+    results[2].rss_kib_per_tunnel = Some(rss_per_tunnel(&ours, ours_addr, s.idle_tunnels)?);
+    drop((stunnel, ours));
+    // Real NFS: nfs-ganesha behind each path.
+    let nfs_note = match nfs(&proxy_bin, pki, &s, &mut results) {
+        Ok(()) => String::new(),
+        Err(e) => {
+            eprintln!("!!! NFS figures skipped: {e:#}");
+            format!("NFS figures skipped: {e:#}")
+        }
+    };
+    let suites = negotiated(pki)?;
+    report(&paths.iter().map(|p| p.0).collect::<Vec<_>>(), &results, &root, &s, &suites, &nfs_note)
+}
+
+/// 1000 idle tunnels need more than the usual 1024 descriptors in this process and in the proxies
+/// (children inherit the limit).
+fn raise_fd_limit() {
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 16384, 16384);
+}
+
+/// VmRSS of a process, KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+}
+
+/// Opens `n` tunnels (each proves itself with one echoed byte) and leaves them idle; returns the
+/// growth of the tunnel processes' RSS per tunnel, KiB.
+fn rss_per_tunnel(procs: &[Guard], addr: SocketAddr, n: usize) -> anyhow::Result<f64> {
+    let total = || -> anyhow::Result<f64> { procs.iter().map(|g| rss_kib(g.0.id())).sum() };
+    // Warm up allocator pools with a first batch, so the figure is per tunnel, not start-up.
+    let mut warm = Vec::new();
+    for _ in 0..10 {
+        warm.push(open_idle(addr)?);
+    }
+    let before = total()?;
+    let mut open = Vec::with_capacity(n);
+    for _ in 0..n {
+        open.push(open_idle(addr)?);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = total()?;
+    drop(open);
+    Ok((after - before) / n as f64)
+}
+
+fn open_idle(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"x")?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    Ok(s)
+}
+
+/// Four concurrent bulk echoes of `bytes` each; total MiB/s of one direction.
+fn bulk_streams(addr: SocketAddr, bytes: usize, streams: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let workers: Vec<_> =
+        (0..streams).map(|_| std::thread::spawn(move || bulk(addr, bytes).map(|_| ()))).collect();
+    for w in workers {
+        w.join().map_err(|_| anyhow::anyhow!("stream panicked"))??;
+    }
+    Ok((bytes * streams) as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// nfs-ganesha serving a file and a tree; `nfs-cat` and `nfs-ls -R` timed through each path.
+fn nfs(bin: &Path, pki: &Path, s: &Settings, results: &mut [Figures]) -> anyhow::Result<()> {
+    let export = pki.join("export");
+    std::fs::create_dir_all(export.join("tree"))?;
+    let data: Vec<u8> =
+        (0..(s.nfs_file_mib << 20) as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(export.join("big.bin"), &data)?;
+    for i in 0..s.nfs_tree_files {
+        let sub = export.join("tree").join(format!("d{:02}", i % 20));
+        std::fs::create_dir_all(&sub)?;
+        std::fs::write(sub.join(format!("f{i:04}.txt")), format!("file {i}\n"))?;
+    }
+    let port = free_port()?;
+    let conf = pki.join("ganesha.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = {port}; Bind_addr = 127.0.0.1; Enable_NLM = false; \
+             Enable_RQUOTA = false; Enable_UDP = false; }}\nNFSV4 {{ Graceless = true; Only_Numeric_Owners = true; }}\n\
+             EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RW; Squash = No_Root_Squash; \
+             FSAL {{ Name = VFS; }} CLIENT {{ Clients = 127.0.0.1; Access_Type = RW; }} }}\n",
+            export.display()
+        ),
+    )?;
+    let _ganesha = spawn(
+        Command::new("ganesha.nfsd")
+            .args(["-F", "-f"])
+            .arg(&conf)
+            .arg("-L")
+            .arg(pki.join("ganesha.log"))
+            .arg("-p")
+            .arg(pki.join("ganesha.pid")),
+    )
+    .context("ganesha.nfsd (apt-get install nfs-ganesha nfs-ganesha-vfs)")?;
+    let nfs: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_port(nfs)?;
+    let (_st, st_addr) = stunnel_pair(pki, "nfs", nfs)?;
+    let (_ours, ours_addr) = our_pair(bin, pki, "nfs", nfs)?;
+    let want = digest(&data);
+    for _ in 0..s.reps {
+        for (i, addr) in [nfs, st_addr, ours_addr].into_iter().enumerate() {
+            let t = Instant::now();
+            let url = format!("nfs://127.0.0.1/export/big.bin?version=4&nfsport={}", addr.port());
+            let out = Command::new("timeout")
+                .args(["300", "nfs-cat", &url])
+                .output()
+                .context("nfs-cat (libnfs-utils)")?;
+            let took = t.elapsed().as_secs_f64();
+            if !out.status.success() || digest(&out.stdout) != want {
+                bail!("nfs-cat through path {i}: wrong data ({} bytes)", out.stdout.len());
+            }
+            results[i].nfs_cat_s.push(took);
+            let t = Instant::now();
+            let url = format!("nfs://127.0.0.1/export/tree?version=4&nfsport={}", addr.port());
+            let out =
+                Command::new("timeout").args(["300", "nfs-ls", "-R", &url]).output().context("nfs-ls")?;
+            let took = t.elapsed().as_secs_f64();
+            let listed = String::from_utf8_lossy(&out.stdout).matches(".txt").count();
+            if listed < s.nfs_tree_files {
+                bail!("nfs-ls -R through path {i} listed {listed} of {} files", s.nfs_tree_files);
+            }
+            results[i].nfs_ls_s.push(took);
+        }
+    }
+    Ok(())
+}
+
+/// A cheap checksum to compare what nfs-cat returned with the file (not a security measure).
+fn digest(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The TLS version and suite each tunnel negotiated, from the servers' logs.
+fn negotiated(pki: &Path) -> anyhow::Result<(String, String)> {
+    let stunnel_log = std::fs::read_to_string(pki.join("stunnel-nfs-server.log")).unwrap_or_default();
+    let stunnel = stunnel_log
+        .lines()
+        .find_map(|l| {
+            l.split_once("ciphersuite: ").map(|(_, s)| s.split_whitespace().next().unwrap_or("").to_owned())
+        })
+        .map(|suite| format!("TLSv1.3 {suite}"))
+        .unwrap_or_else(|| "unknown (no ciphersuite line in stunnel's log)".into());
+    let ours_log = std::fs::read_to_string(pki.join("ours-nfs-server.log")).unwrap_or_default();
+    let ours = ours_log
+        .lines()
+        .find_map(|l| l.split_once("tls=").map(|(_, s)| s.split_whitespace().next().unwrap_or("").to_owned()))
+        .map(|t| t.replace("TLSv1_3/TLS13_", "TLSv1.3 TLS_"))
+        .unwrap_or_else(|| "unknown (no tls= in our log)".into());
+    Ok((stunnel, ours))
 }
 
 fn med(v: &[f64]) -> f64 {
@@ -102,13 +284,14 @@ fn med(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn range(v: &[f64]) -> String {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.0}-{max:.0}")
-}
-
-fn report(names: &[&str], r: &[Figures], root: &Path) -> anyhow::Result<()> {
+fn report(
+    names: &[&str],
+    r: &[Figures],
+    root: &Path,
+    s: &Settings,
+    suites: &(String, String),
+    nfs_note: &str,
+) -> anyhow::Result<()> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -118,47 +301,114 @@ fn report(names: &[&str], r: &[Figures], root: &Path) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    println!("{cpu}, {cores} cores; medians (min-max)\n");
-    println!("| path | bulk echo MiB/s each way | added p50 us | added p99 us | p50 us | p99 us | conn/s |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    let mut json = String::from("{\n");
+    let opt = |v: &[f64], digits: usize| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.*} ({})", digits, med(v), range_digits(v, digits))
+        }
+    };
+    println!("{cpu}, {cores} cores, {} repetitions; medians (min-max)\n", s.reps);
+    println!(
+        "| path | bulk MiB/s, 1 stream | bulk MiB/s, 4 streams | added p50 us | added p99 us | p50 us | p99 us | conn/s | RSS KiB per idle tunnel | nfs-cat {} MiB s | nfs-ls -R {} files s |",
+        s.nfs_file_mib, s.nfs_tree_files
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut json = serde_json::Map::new();
     for (i, name) in names.iter().enumerate() {
         let f = &r[i];
         println!(
-            "| {name} | {:.0} ({}) | {:.0} | {:.0} | {:.0} ({}) | {:.0} ({}) | {:.0} ({}) |",
-            med(&f.bulk_mib_s),
-            range(&f.bulk_mib_s),
+            "| {name} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            opt(&f.bulk_mib_s, 0),
+            opt(&f.bulk4_mib_s, 0),
             med(&f.p50_us) - med(&r[0].p50_us),
             med(&f.p99_us) - med(&r[0].p99_us),
-            med(&f.p50_us),
-            range(&f.p50_us),
-            med(&f.p99_us),
-            range(&f.p99_us),
-            med(&f.conns_per_s),
-            range(&f.conns_per_s)
+            opt(&f.p50_us, 0),
+            opt(&f.p99_us, 0),
+            opt(&f.conns_per_s, 0),
+            f.rss_kib_per_tunnel.map(|k| format!("{k:.1}")).unwrap_or_else(|| "-".into()),
+            opt(&f.nfs_cat_s, 2),
+            opt(&f.nfs_ls_s, 2),
         );
-        json.push_str(&format!(
-            "  \"{name}\": {{\"bulk_mib_s\": {:.1}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"conns_per_s\": {:.1}}}{}\n",
-            med(&f.bulk_mib_s),
-            med(&f.p50_us),
-            med(&f.p99_us),
-            med(&f.conns_per_s),
-            if i + 1 < names.len() { "," } else { "" }
-        ));
+        let m = |v: &[f64]| if v.is_empty() { serde_json::Value::Null } else { serde_json::json!(med(v)) };
+        json.insert(
+            (*name).to_owned(),
+            serde_json::json!({
+                "bulk_mib_s": m(&f.bulk_mib_s), "bulk4_mib_s": m(&f.bulk4_mib_s),
+                "p50_us": m(&f.p50_us), "p99_us": m(&f.p99_us), "conns_per_s": m(&f.conns_per_s),
+                "rss_kib_per_tunnel": f.rss_kib_per_tunnel, "nfs_cat_s": m(&f.nfs_cat_s), "nfs_ls_s": m(&f.nfs_ls_s),
+            }),
+        );
     }
-    json.push_str("}\n");
-    let (s, o) = (&r[1], &r[2]);
-    println!(
-        "\nnfs-tls-proxy vs stunnel: bulk x{:.2}, added p50 x{:.2}, added p99 x{:.2}, conn/s x{:.2}",
-        med(&o.bulk_mib_s) / med(&s.bulk_mib_s),
-        (med(&o.p50_us) - med(&r[0].p50_us)) / (med(&s.p50_us) - med(&r[0].p50_us)),
-        (med(&o.p99_us) - med(&r[0].p99_us)) / (med(&s.p99_us) - med(&r[0].p99_us)),
-        med(&o.conns_per_s) / med(&s.conns_per_s),
-    );
+    let (st, o, d) = (&r[1], &r[2], &r[0]);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let added = |f: &Figures, d: &Figures, p: fn(&Figures) -> &Vec<f64>| med(p(f)) - med(p(d));
+    println!("\nTLS: stunnel {}, nfs-tls-proxy {}", suites.0, suites.1);
+    if suites.0 != suites.1 {
+        println!("!!! the two tunnels negotiated different suites; the comparison is not like for like");
+    }
+    let targets = [
+        ("bulk, 1 stream (>= 2x)", ratio(med(&o.bulk_mib_s), med(&st.bulk_mib_s)), 2.0, true),
+        ("bulk, 4 streams (>= 2x)", ratio(med(&o.bulk4_mib_s), med(&st.bulk4_mib_s)), 2.0, true),
+        (
+            "added latency p50 (<= 0.5x)",
+            ratio(added(o, d, |f| &f.p50_us), added(st, d, |f| &f.p50_us)),
+            0.5,
+            false,
+        ),
+        (
+            "added latency p99 (<= 0.5x)",
+            ratio(added(o, d, |f| &f.p99_us), added(st, d, |f| &f.p99_us)),
+            0.5,
+            false,
+        ),
+        ("connections/s (>= 1.5x)", ratio(med(&o.conns_per_s), med(&st.conns_per_s)), 1.5, true),
+        (
+            "RSS per idle tunnel (<= 0.5x)",
+            ratio(o.rss_kib_per_tunnel.unwrap_or(f64::NAN), st.rss_kib_per_tunnel.unwrap_or(f64::NAN)),
+            0.5,
+            false,
+        ),
+        (
+            "nfs-cat time (<= 0.6x)",
+            if o.nfs_cat_s.is_empty() { f64::NAN } else { ratio(med(&o.nfs_cat_s), med(&st.nfs_cat_s)) },
+            0.6,
+            false,
+        ),
+    ];
+    println!("\nnfs-tls-proxy / stunnel:");
+    let mut verdicts = serde_json::Map::new();
+    for (what, x, target, higher) in targets {
+        let met = if higher { x >= target } else { x <= target };
+        println!(
+            "- {what}: x{x:.2} {}",
+            if x.is_nan() {
+                "(not measured)"
+            } else if met {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+        verdicts.insert(what.to_owned(), serde_json::json!({ "ratio": x, "met": met }));
+    }
+    if !nfs_note.is_empty() {
+        println!("\n{nfs_note}");
+    }
+    json.insert("tls".into(), serde_json::json!({ "stunnel": suites.0, "nfs-tls-proxy": suites.1 }));
+    json.insert("targets".into(), serde_json::Value::Object(verdicts));
+    json.insert("machine".into(), serde_json::json!({ "cpu": cpu, "cores": cores, "reps": s.reps }));
     let out = root.join("target/bench-results.json");
-    std::fs::write(&out, json).with_context(|| out.display().to_string())?;
+    std::fs::write(&out, serde_json::to_string_pretty(&serde_json::Value::Object(json))?)
+        .with_context(|| out.display().to_string())?;
     println!("written: {}", out.display());
     Ok(())
+}
+
+fn range_digits(v: &[f64], digits: usize) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.digits$}-{max:.digits$}")
 }
 
 fn echo_server() -> anyhow::Result<SocketAddr> {
@@ -196,11 +446,24 @@ fn spawn(cmd: &mut Command) -> anyhow::Result<Guard> {
     Ok(Guard(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?))
 }
 
-fn stunnel_pair(pki: &Path, backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
+/// Like [`spawn`], with stderr (the log) going to `log`.
+fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Guard> {
+    let file = std::fs::File::create(log)?;
+    Ok(Guard(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn()?))
+}
+
+fn stunnel_pair(pki: &Path, tag: &str, backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
     let (sp, cp) = (free_port()?, free_port()?);
     let p = |n: &str| pki.join(n).display().to_string();
+    // The NFS pair's server logs at info to a file, where the negotiated suite is read; the echo pair
+    // (latency, connection rate) keeps stunnel's default logging.
+    let logging = if tag == "nfs" {
+        format!("debug = info\noutput = {}\n", p(&format!("stunnel-{tag}-server.log")))
+    } else {
+        String::new()
+    };
     let server = format!(
-        "foreground = yes\npid =\n[s]\naccept = 127.0.0.1:{sp}\nconnect = {backend}\ncert = {}\nCAfile = {}\n\
+        "foreground = yes\npid =\n{logging}[s]\naccept = 127.0.0.1:{sp}\nconnect = {backend}\ncert = {}\nCAfile = {}\n\
          verify = 2\nrequireCert = yes\nsslVersionMin = TLSv1.3\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n",
         p("server-stunnel.pem"),
         p("ca-cert.pem")
@@ -211,12 +474,12 @@ fn stunnel_pair(pki: &Path, backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, 
         p("client-stunnel.pem"),
         p("ca-cert.pem")
     );
-    std::fs::write(pki.join("s.conf"), server)?;
-    std::fs::write(pki.join("c.conf"), client)?;
+    let (s_conf, c_conf) = (pki.join(format!("s-{tag}.conf")), pki.join(format!("c-{tag}.conf")));
+    std::fs::write(&s_conf, server)?;
+    std::fs::write(&c_conf, client)?;
     let guards = vec![
-        spawn(Command::new("stunnel4").arg(pki.join("s.conf")))
-            .context("stunnel4 (apt-get install stunnel4)")?,
-        spawn(Command::new("stunnel4").arg(pki.join("c.conf")))?,
+        spawn(Command::new("stunnel4").arg(&s_conf)).context("stunnel4 (apt-get install stunnel4)")?,
+        spawn(Command::new("stunnel4").arg(&c_conf))?,
     ];
     let addr: SocketAddr = format!("127.0.0.1:{cp}").parse()?;
     wait_port(format!("127.0.0.1:{sp}").parse()?)?;
@@ -224,35 +487,52 @@ fn stunnel_pair(pki: &Path, backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, 
     Ok((guards, addr))
 }
 
-fn our_pair(bin: &Path, pki: &Path, backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
+fn our_pair(
+    bin: &Path,
+    pki: &Path,
+    tag: &str,
+    backend: SocketAddr,
+) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
     let (sp, cp) = (free_port()?, free_port()?);
+    // BENCH_THREADS=N passes --threads N to both proxies (to compare runtime flavours).
+    let threads: Vec<String> =
+        std::env::var("BENCH_THREADS").map(|t| vec!["--threads".into(), t]).unwrap_or_default();
     let p = |n: &str| pki.join(n).display().to_string();
-    let server = spawn(Command::new(bin).args([
-        "server",
-        "--listen",
-        &format!("127.0.0.1:{sp}"),
-        "--backend",
-        &backend.to_string(),
-        "--cert",
-        &p("server-stunnel.pem"),
-        "--ca",
-        &p("ca-cert.pem"),
-        "--log-level",
-        "warn",
-    ]))?;
-    let client = spawn(Command::new(bin).args([
-        "client",
-        "--listen",
-        &format!("127.0.0.1:{cp}"),
-        "--server",
-        &format!("127.0.0.1:{sp}"),
-        "--cert",
-        &p("client-stunnel.pem"),
-        "--ca",
-        &p("ca-cert.pem"),
-        "--log-level",
-        "warn",
-    ]))?;
+    let server = spawn_logged(
+        Command::new(bin)
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{sp}"),
+                "--backend",
+                &backend.to_string(),
+                "--cert",
+                &p("server-stunnel.pem"),
+                "--ca",
+                &p("ca-cert.pem"),
+                "--log-level",
+                "info",
+            ])
+            .args(&threads),
+        &pki.join(format!("ours-{tag}-server.log")),
+    )?;
+    let client = spawn(
+        Command::new(bin)
+            .args([
+                "client",
+                "--listen",
+                &format!("127.0.0.1:{cp}"),
+                "--server",
+                &format!("127.0.0.1:{sp}"),
+                "--cert",
+                &p("client-stunnel.pem"),
+                "--ca",
+                &p("ca-cert.pem"),
+                "--log-level",
+                "info",
+            ])
+            .args(&threads),
+    )?;
     let addr: SocketAddr = format!("127.0.0.1:{cp}").parse()?;
     wait_port(format!("127.0.0.1:{sp}").parse()?)?;
     wait_port(addr)?;

@@ -21,10 +21,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manual(a) => &a.log,
     };
     crate::logging::init(log).map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let threads = match &cli.command {
+        Command::Server(a) => a.common.threads,
+        Command::Client(a) => a.common.threads,
+        _ => None,
+    };
+    let runtime = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
+    .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => {

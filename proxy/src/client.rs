@@ -45,7 +45,9 @@ impl Mode for ClientMode {
             match self.handshake(upstream).await {
                 Ok((tls, addr)) => {
                     let identity = peer_name(tls.get_ref().1.peer_certificates());
+                    let negotiated = crate::tunnel::negotiated(tls.get_ref().1);
                     return Ok(Opened {
+                        tls: negotiated,
                         inbound: tcp,
                         outbound: tls,
                         identity,

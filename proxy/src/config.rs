@@ -131,6 +131,9 @@ pub struct CommonArgs {
     /// After binding, run as this group (name or gid; default: the user's group). Needs --user.
     #[arg(long, value_name = "GROUP", requires = "user")]
     pub group: Option<String>,
+    /// Worker threads: 1 runs everything on one thread (lowest latency per tunnel); default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// Serve /metrics, /healthz and /tunnels over plain HTTP here (ADDR, or PORT for 127.0.0.1:PORT).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,

@@ -74,7 +74,16 @@ impl Mode for ServerMode {
             net::connect_from(&self.backend, self.backend_source_port, self.connect_timeout, self.keepalive)
                 .await
                 .map_err(|e| RefuseReason::Unreachable(format!("backend {e}")))?;
-        Ok(Opened { inbound: tls, outbound: backend, identity, upstream, peer_cert, transport })
+        let negotiated = crate::tunnel::negotiated(tls.get_ref().1);
+        Ok(Opened {
+            inbound: tls,
+            outbound: backend,
+            identity,
+            upstream,
+            peer_cert,
+            transport,
+            tls: negotiated,
+        })
     }
 
     /// An NFS NULL call (program 100003, version 4, procedure 0) to the backend: "NFS answers", not

@@ -7,8 +7,11 @@ use std::io::ErrorKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::pin::Pin;
 use std::sync::OnceLock;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio_util::sync::CancellationToken;
 
@@ -47,30 +50,154 @@ impl std::fmt::Display for End {
 }
 
 /// Copies both ways until both directions are closed, one fails, or `cut` is cancelled.
-pub async fn splice<A, B>(a: A, b: B, counters: &Counters, cut: &Cut) -> End
+///
+/// Both directions are driven by one future over the two owned streams (no `split`, so no lock per
+/// read or write on the TLS stream), and a direction flushes only when its reader has nothing more
+/// right now: a lone NFS request goes out at once, while a bulk transfer fills whole TLS records.
+pub async fn splice<A, B>(mut a: A, mut b: B, counters: &Counters, cut: &Cut) -> End
 where
     A: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (ar, aw) = tokio::io::split(a);
-    let (br, bw) = tokio::io::split(b);
-    let up = pump(ar, bw, &counters.up);
-    let down = pump(br, aw, &counters.down);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
-    while !(up_done && down_done) {
-        let result = tokio::select! {
-            r = &mut up, if !up_done => { up_done = true; r }
-            r = &mut down, if !down_done => { down_done = true; r }
-            _ = cut.token.cancelled() => {
-                return End::Cut(cut.reason());
+    let mut up = Direction::new();
+    let mut down = Direction::new();
+    let copy = std::future::poll_fn(|cx| {
+        let up_state = up.poll(cx, &mut a, &mut b, &counters.up);
+        if let Poll::Ready(Err(e)) = up_state {
+            return Poll::Ready(Err(e));
+        }
+        let down_state = down.poll(cx, &mut b, &mut a, &counters.down);
+        if let Poll::Ready(Err(e)) = down_state {
+            return Poll::Ready(Err(e));
+        }
+        if up_state.is_ready() && down_state.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    });
+    tokio::select! {
+        r = copy => match r {
+            Ok(()) => End::Closed,
+            Err(e) => End::Error(e),
+        },
+        _ = cut.token.cancelled() => End::Cut(cut.reason()),
+    }
+}
+
+/// One direction of a tunnel: read into the buffer, write it out, flush when the reader runs dry,
+/// and on end of input shut the writer down (passing the half-close on).
+struct Direction {
+    /// Allocated on first use and dropped when the direction ends, so idle tunnels stay small.
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Self { buf: None, start: 0, end: 0, read_done: false, need_flush: false, done: false }
+    }
+
+    /// Ready(Ok) once this direction is finished (input ended, everything written, writer shut down).
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        count: &AtomicU64,
+    ) -> Poll<Result<(), String>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // Write out what is buffered.
+            while self.start < self.end {
+                let buf = self.buf.as_deref().unwrap_or(&[]);
+                match Pin::new(&mut *w).poll_write(cx, &buf[self.start..self.end]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err("write: wrote zero bytes".into())),
+                    Poll::Ready(Ok(n)) => {
+                        self.start += n;
+                        self.need_flush = true;
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("write: {e}"))),
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-        };
-        if let Err(e) = result {
-            return End::Error(e);
+            self.start = 0;
+            self.end = 0;
+            if self.read_done {
+                ready!(self.poll_finish(cx, w))?;
+                self.done = true;
+                self.buf = None;
+                return Poll::Ready(Ok(()));
+            }
+            // Read more.
+            let buf = self.buf.get_or_insert_with(|| vec![0u8; BUFFER].into_boxed_slice());
+            let mut read_buf = ReadBuf::new(buf);
+            match Pin::new(&mut *r).poll_read(cx, &mut read_buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = read_buf.filled().len();
+                    if n == 0 {
+                        self.read_done = true;
+                    }
+                    self.end = n;
+                }
+                // TLS without close_notify: the peer closed TCP. Treat it as end of this direction
+                // only, so the reply the other way still arrives (stunnel and many kernels do this).
+                Poll::Ready(Err(e)) if e.kind() == ErrorKind::UnexpectedEof => self.read_done = true,
+                Poll::Ready(Err(e)) => {
+                    let _ = Pin::new(&mut *w).poll_shutdown(cx);
+                    return Poll::Ready(Err(format!("read: {e}")));
+                }
+                Poll::Pending => {
+                    // Nothing more to read now: push out what was written (TLS records are held
+                    // until flushed), then wait for either side.
+                    if self.need_flush {
+                        match Pin::new(&mut *w).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.need_flush = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("write: {e}"))),
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
     }
-    End::Closed
+
+    /// Flush and shut down the writer after end of input.
+    fn poll_finish<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+    ) -> Poll<Result<(), String>> {
+        if self.need_flush {
+            ready!(Pin::new(&mut *w).poll_flush(cx)).map_err(|e| format!("write: {e}"))?;
+            self.need_flush = false;
+        }
+        match ready!(Pin::new(&mut *w).poll_shutdown(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            // The other side already went away entirely; that is its close, not our error.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotConnected | ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
+                ) =>
+            {
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => Poll::Ready(Err(format!("shutdown: {e}"))),
+        }
+    }
 }
 
 /// The switch that closes one open tunnel from outside, with the reason it was closed.
@@ -89,44 +216,5 @@ impl Cut {
 
     pub fn reason(&self) -> String {
         self.reason.get().cloned().unwrap_or_else(|| "cut".to_owned())
-    }
-}
-
-async fn pump<R, W>(mut r: R, mut w: W, count: &AtomicU64) -> Result<(), String>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            // TLS without close_notify: the peer closed TCP. Treat it as end of this direction only,
-            // so the reply the other way still arrives (stunnel and many kernels close this way).
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
-            Err(e) => {
-                let _ = w.shutdown().await;
-                return Err(format!("read: {e}"));
-            }
-        };
-        w.write_all(&buf[..n]).await.map_err(|e| format!("write: {e}"))?;
-        // tokio-rustls holds records until flushed; NFS waits for replies, so flush every chunk.
-        w.flush().await.map_err(|e| format!("write: {e}"))?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    drop(buf);
-    match w.shutdown().await {
-        Ok(()) => Ok(()),
-        // The other side already went away entirely; that is its close, not our error.
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::NotConnected | ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(format!("shutdown: {e}")),
     }
 }

@@ -29,6 +29,16 @@ pub struct Opened<I, O> {
     pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
     /// How TLS started on the TLS leg: stunnel-style or RFC 9289.
     pub transport: Transport,
+    /// Negotiated TLS version and cipher suite, e.g. `TLSv1_3/TLS13_AES_256_GCM_SHA384`.
+    pub tls: String,
+}
+
+/// `VERSION/SUITE` of a finished handshake, for the log.
+pub fn negotiated(conn: &rustls::CommonState) -> String {
+    let version = conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_else(|| "?".into());
+    let suite =
+        conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_else(|| "?".into());
+    format!("{version}/{suite}")
 }
 
 /// What differs between server and client mode: how a tunnel is opened.
@@ -68,7 +78,14 @@ pub async fn run_one<M: Mode>(ctx: Arc<Ctx<M>>, tcp: TcpStream, peer: SocketAddr
     let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert, opened.transport);
     let transport = opened.transport.word();
     ctx.metrics.opened(&opened.identity, transport, started.elapsed());
-    tracing::info!(%peer, identity = %opened.identity, upstream = %opened.upstream, transport, "tunnel opened");
+    tracing::info!(
+        %peer,
+        identity = %opened.identity,
+        upstream = %opened.upstream,
+        transport,
+        tls = %opened.tls,
+        "tunnel opened"
+    );
     let end = splice(opened.inbound, opened.outbound, &entry.counters, &entry.cut).await;
     ctx.tunnels.remove(entry.id);
     ctx.metrics.closed(&entry);
