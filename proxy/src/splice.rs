@@ -85,10 +85,32 @@ where
     }
 }
 
+thread_local! {
+    /// Copy buffers not in use, kept per thread: a direction takes one while data flows and gives it
+    /// back whenever its reader runs dry, so idle tunnels hold no buffer and busy ones never re-zero.
+    static POOL: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most buffers kept per thread.
+const POOL_MAX: usize = 64;
+
+fn take_buffer() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; BUFFER].into_boxed_slice())
+}
+
+fn give_back(buf: Box<[u8]>) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    });
+}
+
 /// One direction of a tunnel: read into the buffer, write it out, flush when the reader runs dry,
 /// and on end of input shut the writer down (passing the half-close on).
 struct Direction {
-    /// Allocated on first use and dropped when the direction ends, so idle tunnels stay small.
+    /// Taken from the pool while data flows, given back when idle (see [`POOL`]).
     buf: Option<Box<[u8]>>,
     start: usize,
     end: usize,
@@ -137,11 +159,13 @@ impl Direction {
             if self.read_done {
                 ready!(self.poll_finish(cx, w))?;
                 self.done = true;
-                self.buf = None;
+                if let Some(buf) = self.buf.take() {
+                    give_back(buf);
+                }
                 return Poll::Ready(Ok(()));
             }
             // Read more.
-            let buf = self.buf.get_or_insert_with(|| vec![0u8; BUFFER].into_boxed_slice());
+            let buf = self.buf.get_or_insert_with(take_buffer);
             let mut read_buf = ReadBuf::new(buf);
             match Pin::new(&mut *r).poll_read(cx, &mut read_buf) {
                 Poll::Ready(Ok(())) => {
@@ -167,6 +191,10 @@ impl Direction {
                             Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("write: {e}"))),
                             Poll::Pending => {}
                         }
+                    }
+                    // Idle: the buffer is empty, so it goes back to the pool.
+                    if let Some(buf) = self.buf.take() {
+                        give_back(buf);
                     }
                     return Poll::Pending;
                 }
