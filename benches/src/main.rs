@@ -101,7 +101,12 @@ fn main() -> anyhow::Result<()> {
     let echo = echo_server()?;
     let (stunnel, stunnel_addr) = stunnel_pair(pki, "echo", echo)?;
     let (ours, ours_addr) = our_pair(&proxy_bin, pki, "echo", echo)?;
-    let paths = [("direct", echo), ("stunnel", stunnel_addr), ("nfs-tls-proxy", ours_addr)];
+    let mut paths = vec![("direct", echo), ("stunnel", stunnel_addr), ("nfs-tls-proxy", ours_addr)];
+    // The floor of any two-process relay on this machine: two plain socat relays, no TLS at all.
+    let floor = socat_pair(echo).map_err(|e| eprintln!("!!! no socat floor: {e:#}")).ok();
+    if let Some((_, addr)) = &floor {
+        paths.push(("relay floor (2x socat, no TLS)", *addr));
+    }
     let mut results: Vec<Figures> = vec![Figures::default(); paths.len()];
     for rep in 0..s.reps {
         for (i, (name, addr)) in paths.iter().enumerate() {
@@ -113,11 +118,15 @@ fn main() -> anyhow::Result<()> {
             let (p50, p99) = latency(*addr, s.latency_rounds).with_context(|| format!("{name}: latency"))?;
             f.p50_us.push(p50);
             f.p99_us.push(p99);
-            f.conns_per_s
-                .push(conn_rate(*addr, s.conn_window).with_context(|| format!("{name}: connections"))?);
+            if i < 3 {
+                // socat forks per connection: its connection rate says nothing about relaying.
+                f.conns_per_s
+                    .push(conn_rate(*addr, s.conn_window).with_context(|| format!("{name}: connections"))?);
+            }
             eprintln!("rep {rep}: {name} done");
         }
     }
+    drop(floor);
     // Memory: the two processes of each tunnel, holding `idle_tunnels` open idle tunnels.
     results[1].rss_kib_per_tunnel = Some(rss_per_tunnel(&stunnel, stunnel_addr, s.idle_tunnels)?);
     results[2].rss_kib_per_tunnel = Some(rss_per_tunnel(&ours, ours_addr, s.idle_tunnels)?);
@@ -450,6 +459,24 @@ fn spawn(cmd: &mut Command) -> anyhow::Result<Guard> {
 fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Guard> {
     let file = std::fs::File::create(log)?;
     Ok(Guard(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn()?))
+}
+
+/// Two chained plain-TCP socat relays in front of `backend`.
+fn socat_pair(backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
+    let (sp, cp) = (free_port()?, free_port()?);
+    let relay = |from: u16, to: String| {
+        spawn(Command::new("socat").args([
+            "-b65536".to_owned(),
+            format!("TCP-LISTEN:{from},bind=127.0.0.1,reuseaddr,fork,nodelay"),
+            format!("TCP:{to},nodelay"),
+        ]))
+        .context("socat (apt-get install socat)")
+    };
+    let guards = vec![relay(sp, backend.to_string())?, relay(cp, format!("127.0.0.1:{sp}"))?];
+    let addr: SocketAddr = format!("127.0.0.1:{cp}").parse()?;
+    wait_port(format!("127.0.0.1:{sp}").parse()?)?;
+    wait_port(addr)?;
+    Ok((guards, addr))
 }
 
 fn stunnel_pair(pki: &Path, tag: &str, backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
