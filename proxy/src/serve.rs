@@ -29,6 +29,24 @@ pub struct Ctx<M> {
     pub metrics: crate::metrics::Metrics,
     /// Where /metrics etc. are served, once bound.
     pub ops_addr: std::sync::OnceLock<SocketAddr>,
+    /// The local addresses of the listeners serving now; a tunnel whose listener left this set
+    /// while it was in its handshake is cut as soon as it registers.
+    pub serving: Mutex<std::collections::HashSet<SocketAddr>>,
+}
+
+impl<M> Ctx<M> {
+    pub fn is_serving(&self, local: SocketAddr) -> bool {
+        self.serving.lock().unwrap_or_else(|p| p.into_inner()).contains(&local)
+    }
+
+    fn set_serving(&self, local: SocketAddr, on: bool) {
+        let mut set = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            set.insert(local);
+        } else {
+            set.remove(&local);
+        }
+    }
 }
 
 /// One open tunnel, as the registry sees it.
@@ -170,6 +188,7 @@ impl<M: Mode> Accepting<M> {
     /// Starts accepting on `listener`; the returned token stops this listener alone.
     fn serve(&self, listener: TcpListener, local: SocketAddr) -> CancellationToken {
         tracing::info!(mode = M::NAME, listen = %local, "listening");
+        self.ctx.set_serving(local, true);
         let own = self.stop.child_token();
         self.loops.spawn(accept_loop(listener, local, self.clone(), own.clone()));
         own
@@ -209,6 +228,7 @@ pub async fn start<M: Mode>(
         hard_stop: CancellationToken::new(),
         metrics: crate::metrics::Metrics::new(M::NAME),
         ops_addr: std::sync::OnceLock::new(),
+        serving: Mutex::default(),
     });
     let acc = Accepting {
         ctx: ctx.clone(),
@@ -288,6 +308,8 @@ async fn follow_address<M: Mode>(
                 token.cancel();
                 acc.ctx.metrics.set_owned(addr, false);
                 let local = *local;
+                // Out of the serving set first: a tunnel finishing its handshake now cuts itself.
+                acc.ctx.set_serving(local, false);
                 let why = format!("address {} lost", addr.ip());
                 let cut = acc.ctx.tunnels.cut_where(&why, |t| t.listener == local);
                 tracing::warn!(

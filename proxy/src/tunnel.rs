@@ -76,6 +76,10 @@ pub async fn run_one<M: Mode>(ctx: Arc<Ctx<M>>, tcp: TcpStream, peer: SocketAddr
         }
     };
     let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert, opened.transport);
+    if !ctx.is_serving(listener) {
+        // The listener's address was lost while this connection was in its handshake.
+        entry.cut.cut("listen address lost during the handshake");
+    }
     let transport = opened.transport.word();
     ctx.metrics.opened(&opened.identity, transport, started.elapsed());
     tracing::info!(
