@@ -19,6 +19,14 @@ use crate::pem::PemError;
 pub const CA_CERT: &str = "ca-cert.pem";
 pub const CA_KEY: &str = "ca-key.pem";
 pub const CRL: &str = "crl.pem";
+/// The lock file that serialises changes to a CA directory.
+pub const LOCK: &str = ".ca-tool.lock";
+
+/// Held while a command changes the CA directory; released on drop.
+#[derive(Debug)]
+pub struct CaLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
 
 /// Default validity of the CA: 10 years.
 pub const CA_DAYS: u32 = 3650;
@@ -48,6 +56,12 @@ pub enum CaError {
     KeyMismatch { key: PathBuf, cert: PathBuf },
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
+    #[error(
+        "{path}: another ca-tool is changing this CA right now (its lock is held); try again when it is done"
+    )]
+    Busy { path: PathBuf },
+    #[error("{path}: cannot take the lock: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Pem(#[from] PemError),
     #[error(transparent)]
@@ -145,6 +159,39 @@ impl CaDir {
     }
 
     /// Creates the CA: key, self-signed certificate, empty index and an empty signed CRL.
+    /// Takes the CA directory's lock (`.ca-tool.lock`, flock) for a command that changes it, so two
+    /// ca-tool runs cannot interleave their index and CRL updates. Fails at once if it is held.
+    pub fn lock(&self) -> Result<CaLock, CaError> {
+        let path = self.path(LOCK);
+        self.take_lock(path)
+    }
+
+    /// [`Self::lock`] for commands that need an existing CA: without one, nothing is created.
+    pub fn lock_existing(&self) -> Result<CaLock, CaError> {
+        if !self.path(CA_CERT).is_file() || !self.path(CA_KEY).is_file() {
+            return Err(CaError::NoCa(self.dir.clone()));
+        }
+        self.lock()
+    }
+
+    fn take_lock(&self, path: PathBuf) -> Result<CaLock, CaError> {
+        if self.dir.exists() && !self.dir.is_dir() {
+            return Err(CaError::NotADirectory { path: self.dir.clone() });
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|source| CaError::Lock { path: path.clone(), source })?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| CaError::Lock { path: path.clone(), source })?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(CaLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(CaError::Busy { path }),
+            Err((_, e)) => Err(CaError::Lock { path, source: e.into() }),
+        }
+    }
+
     pub fn init(&self, common_name: &str, days: u32, force: bool) -> Result<PathBuf, CaError> {
         let (cert_path, key_path) = (self.path(CA_CERT), self.path(CA_KEY));
         if self.dir.exists() && !self.dir.is_dir() {

@@ -97,13 +97,17 @@ fn parse_ip(s: &str) -> Result<IpAddr, String> {
 pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Init { dir, cn, days, force } => {
-            let cert = CaDir::new(&dir).init(&cn, days, force)?;
+            let ca = CaDir::new(&dir);
+            let _lock = ca.lock()?;
+            let cert = ca.init(&cn, days, force)?;
             writeln!(out, "created CA {cn:?}: {} (key {})", cert.display(), dir.join(ca::CA_KEY).display())?;
         }
         Command::Issue { name, dir, days, server, dns, ip, combined, force } => {
             let kind = if server { CertKind::Server } else { CertKind::Client };
             let req = LeafRequest { name: name.clone(), kind, dns, ips: ip, days, combined, force };
-            let issued = CaDir::new(&dir).issue(&req)?;
+            let ca = CaDir::new(&dir);
+            let _lock = ca.lock_existing()?;
+            let issued = ca.issue(&req)?;
             writeln!(
                 out,
                 "issued {kind} certificate {name}: {} (key {}), serial {}, expires {}",
@@ -117,7 +121,9 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             }
         }
         Command::Revoke { name, dir, crl_days } => {
-            let serials = CaDir::new(&dir).revoke(&name, crl_days)?;
+            let ca = CaDir::new(&dir);
+            let _lock = ca.lock_existing()?;
+            let serials = ca.revoke(&name, crl_days)?;
             writeln!(
                 out,
                 "revoked {name} (serial {}); CRL written to {}",
@@ -126,7 +132,9 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             )?;
         }
         Command::Crl { dir, days } => {
-            let path = CaDir::new(&dir).sign_crl(days)?;
+            let ca = CaDir::new(&dir);
+            let _lock = ca.lock_existing()?;
+            let path = ca.sign_crl(days)?;
             writeln!(out, "CRL signed: {} (next update in {days} days)", path.display())?;
         }
         Command::List { dir } => list(&CaDir::new(&dir), out)?,

@@ -317,3 +317,16 @@ fn a_mismatched_ca_key_is_named() {
     std::fs::copy(other.path("ca-key.pem"), t.path("ca-key.pem")).expect("copy");
     t.refused(&["issue", "r0"], "ca-key.pem does not match");
 }
+
+#[test]
+fn a_second_ca_tool_is_refused_while_another_changes_the_ca() {
+    let t = CaTool::with_ca();
+    // Hold the lock as a running ca-tool would (`refused` checks the directory is left unchanged).
+    let held = ca_tool::ca::CaDir::new(t.dir.path()).lock().expect("lock");
+    t.refused(&["issue", "r0"], "another ca-tool is changing this CA right now");
+    t.refused(&["revoke", "r0"], "another ca-tool is changing this CA right now");
+    // Reading needs no lock.
+    t.ok(&["list"]);
+    drop(held);
+    t.ok(&["issue", "r0"]);
+}
