@@ -295,3 +295,19 @@ async fn shutdown_drains_then_cuts_open_tunnels_and_reports_how_many() {
     assert_eq!(cut, 1);
     assert!(logs.wait_for(&["tunnel closed", "end=cut: shutdown"]).await, "{}", logs.text());
 }
+
+#[tokio::test]
+async fn an_expired_crl_is_tolerated_by_default_and_refuses_everyone_when_enforced() {
+    let (logs, _guard) = capture_logs();
+    let pki = TestPki::new();
+    let backend = EchoBackend::start().await;
+    let mut cfg = server_config(&pki, backend.addr);
+    cfg.crl = Some(pki.write_expired_crl("expired-crl.pem"));
+    let lenient = nfs_tls_proxy::start_server(&cfg).await.expect("server");
+    assert!(within(T, attempt(&pki, Some("r0"), lenient.local_addrs[0])).await, "default: still admitted");
+    cfg.enforce_crl_expiry = true;
+    let strict = nfs_tls_proxy::start_server(&cfg).await.expect("server");
+    assert!(!within(T, attempt(&pki, Some("r0"), strict.local_addrs[0])).await, "enforced: refused");
+    assert!(logs.wait_for(&["connection refused", "reason=\"crl-expired\""]).await, "{}", logs.text());
+    assert_eq!(backend.connections(), 1, "only the lenient server's client reached the backend");
+}

@@ -107,7 +107,8 @@ fn check_server(r: &mut Report, cfg: &config::Server) {
     r.line("backend", format!("{} (source port: {:?})", cfg.backend, cfg.backend_source_port));
     r.line("rpc-tls", if cfg.rpc_tls { "on (RFC 9289 clients answered)" } else { "off" });
     let c = &cfg.common;
-    let tls = crate::tls::server_config(&c.tls, cfg.crl.as_deref(), &cfg.allow, c.min_tls);
+    let tls =
+        crate::tls::server_config(&c.tls, cfg.crl.as_deref(), cfg.enforce_crl_expiry, &cfg.allow, c.min_tls);
     own_material(r, &c.tls, tls.as_ref().err().map(ToString::to_string), true);
     match &cfg.crl {
         None => r.warnings.push("no --crl: a certificate can only be withdrawn by replacing the CA".into()),

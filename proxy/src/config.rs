@@ -155,6 +155,10 @@ pub struct ServerArgs {
     /// CRL file (PEM); a revoked client is refused, and unknown revocation status fails closed.
     #[arg(long, value_name = "FILE")]
     pub crl: Option<PathBuf>,
+    /// Refuse every client once the CRL's nextUpdate has passed (default: keep admitting, with a
+    /// warning 30 days ahead, daily, and as a metric).
+    #[arg(long)]
+    pub enforce_crl_expiry: bool,
     /// Admit only clients whose certificate CN or a DNS SAN is this name (repeatable).
     #[arg(long, value_name = "NAME")]
     pub allow_cn: Vec<String>,
@@ -346,6 +350,8 @@ pub struct Server {
     /// Whether RFC 9289 clients are answered.
     pub rpc_tls: bool,
     pub crl: Option<PathBuf>,
+    /// Refuse everyone once the CRL's nextUpdate has passed.
+    pub enforce_crl_expiry: bool,
     pub allow: AllowList,
     pub common: Common,
 }
@@ -440,6 +446,7 @@ impl Server {
             backend_source_port,
             rpc_tls: args.rpc_tls != Some(OnOff::Off),
             crl: args.crl.clone(),
+            enforce_crl_expiry: args.enforce_crl_expiry,
             allow: AllowList::new(args.allow_cn.iter().cloned()),
             common,
         })

@@ -56,6 +56,7 @@ pub async fn run() -> anyhow::Result<()> {
         backend: Endpoint { host: "127.0.0.1".into(), port: backend.port() },
         backend_source_port: SourcePort::Any,
         rpc_tls: true,
+        enforce_crl_expiry: false,
         crl: Some(p("crl.pem")),
         allow: AllowList::new(["r0".to_owned(), "r1".to_owned(), "r2".to_owned(), "earth".to_owned()]),
         common: common(&p("f3s-storage-ha-cert.pem"), &p("f3s-storage-ha-key.pem"), &p("ca-cert.pem")),

@@ -52,7 +52,7 @@ pub enum StartError {
 /// Loads the server's TLS material, binds its listeners and starts serving.
 pub async fn start_server(cfg: &config::Server) -> Result<Running<server::ServerMode>, StartError> {
     let c = &cfg.common;
-    let tls = tls::server_config(&c.tls, cfg.crl.as_deref(), &cfg.allow, c.min_tls)?;
+    let tls = tls::server_config(&c.tls, cfg.crl.as_deref(), cfg.enforce_crl_expiry, &cfg.allow, c.min_tls)?;
     let mode = server::ServerMode {
         tls: watch::Sender::new(tls),
         backend: cfg.backend.clone(),

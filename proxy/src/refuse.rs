@@ -30,6 +30,8 @@ pub enum RefuseReason {
     Revoked,
     /// The CRL does not cover the certificate: fail closed.
     RevocationUnknown,
+    /// `--enforce-crl-expiry` and the CRL's nextUpdate has passed.
+    CrlExpired,
     /// The certificate is not for this use (e.g. a server certificate used as a client's).
     WrongPurpose,
     /// Valid certificate, but its CN/SANs are not on the allow-list.
@@ -64,6 +66,7 @@ impl RefuseReason {
             Self::NotYetValid => "not-yet-valid",
             Self::Revoked => "revoked",
             Self::RevocationUnknown => "revocation-unknown",
+            Self::CrlExpired => "crl-expired",
             Self::WrongPurpose => "wrong-purpose",
             Self::NameNotAllowed => "name-not-allowed",
             Self::WrongServerName => "wrong-server-name",
@@ -100,6 +103,8 @@ impl RefuseReason {
                 }
                 CertificateError::Revoked => Self::Revoked,
                 CertificateError::UnknownRevocationStatus => Self::RevocationUnknown,
+                CertificateError::ExpiredRevocationList
+                | CertificateError::ExpiredRevocationListContext { .. } => Self::CrlExpired,
                 CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                     Self::WrongPurpose
                 }

@@ -15,7 +15,7 @@ use crate::tls::{self, TlsError};
 /// Reloads a server; returns how many open tunnels were cut.
 pub fn reload_server(running: &Running<ServerMode>, cfg: &config::Server) -> Result<usize, TlsError> {
     let c = &cfg.common;
-    let new = tls::server_config(&c.tls, cfg.crl.as_deref(), &cfg.allow, c.min_tls)?;
+    let new = tls::server_config(&c.tls, cfg.crl.as_deref(), cfg.enforce_crl_expiry, &cfg.allow, c.min_tls)?;
     let verifier = new.verifier.clone();
     running.ctx.mode.tls.send_replace(new);
     let now = UnixTime::now();

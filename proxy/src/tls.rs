@@ -103,6 +103,7 @@ fn key_error(files: &TlsFiles, key_path: PathBuf, e: rustls::Error) -> TlsError 
 pub fn server_config(
     files: &TlsFiles,
     crl: Option<&Path>,
+    enforce_crl_expiry: bool,
     allow: &AllowList,
     min: TlsVersion,
 ) -> Result<ServerTls, TlsError> {
@@ -113,6 +114,9 @@ pub fn server_config(
     if let Some(crl_path) = crl {
         // Unknown revocation status is refused (the builder's default): fail closed.
         builder = builder.with_crls(pem::load_crls(crl_path)?);
+        if enforce_crl_expiry {
+            builder = builder.enforce_revocation_expiration();
+        }
     }
     let inner = builder.build().map_err(|e| match (crl, &e) {
         (Some(p), rustls::server::VerifierBuilderError::InvalidCrl(_)) => {

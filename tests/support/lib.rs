@@ -68,6 +68,28 @@ impl TestPki {
         }
     }
 
+    /// Writes `name`: a CRL from our CA, revoking nothing, whose nextUpdate passed a day ago.
+    pub fn write_expired_crl(&self, name: &str) -> PathBuf {
+        let ca_key = std::fs::read_to_string(self.path("ca-key.pem")).expect("ca key");
+        let ca_cert = std::fs::read_to_string(self.path("ca-cert.pem")).expect("ca cert");
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&ca_cert, rcgen::KeyPair::from_pem(&ca_key).expect("key"))
+                .expect("issuer");
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::days(31),
+            next_update: now - time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(99u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&issuer).expect("sign CRL");
+        let path = self.path(name);
+        std::fs::write(&path, crl.pem().expect("pem")).expect("write");
+        path
+    }
+
     /// A client certificate from our CA valid from `from_days` to `to_days` relative to now.
     fn sign_with_validity(&self, name: &str, from_days: i64, to_days: i64) {
         let ca_key = std::fs::read_to_string(self.path("ca-key.pem")).expect("ca key");
@@ -131,6 +153,7 @@ pub fn server_config(pki: &TestPki, backend: SocketAddr) -> config::Server {
         backend: endpoint(backend),
         backend_source_port: SourcePort::Any,
         rpc_tls: true,
+        enforce_crl_expiry: false,
         crl: Some(pki.path("crl.pem")),
         allow: AllowList::default(),
         common: common(pki.files(SERVER)),
