@@ -56,7 +56,7 @@ pub struct ConvertArgs {
     /// The stunnel configuration file.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// Which [service] to translate when the file has several.
+    /// Which stunnel service (section name) to translate when the file has several.
     #[arg(long, value_name = "NAME")]
     pub service: Option<String>,
     #[command(flatten)]

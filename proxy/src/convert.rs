@@ -1,4 +1,4 @@
-//! `nfs-tls-proxy convert-stunnel FILE`: a stunnel.conf (global options and one `[service]`) into the
+//! `nfs-tls-proxy convert-stunnel FILE`: a stunnel.conf (global options and one `\[service\]` section) into the
 //! equivalent TOML configuration, one comment per translated line. Weak settings are warned about in
 //! the output and on stderr; options that cannot be translated are errors naming their line.
 

@@ -3,13 +3,16 @@
 //! which side is TLS.
 //!
 //! - [`config`]: flags and TOML resolved once into [`config::Server`] / [`config::Client`]
-//! - [`tls`]: the one loader of certificate, key, CA and CRL
+//! - [`tls`]: the one loader of certificate, key, CA and CRL (start-up, reload and `check`)
 //! - [`identity`]: peer names and the allow-list
-//! - [`server`], [`client`]: each mode's `open()`
+//! - [`server`], [`client`]: each mode's `open()`; [`rpc`]: RFC 9289's probe and ONC RPC bits
 //! - [`tunnel`], [`splice`], [`serve`]: the shared pipeline, copy loop and accept loop
+//! - [`listen`]: listeners that follow the VIP; [`os`]: the Linux/FreeBSD specifics (ownership, users)
 //! - [`refuse`]: refusal reasons and their one log line
-//! - [`reload`]: SIGHUP: re-read the TLS material, swap it in, cut tunnels it no longer admits
-//! - [`app`]: the binary's edge (signals, exit codes); [`demo`]: the no-setup demo
+//! - [`reload`]: SIGHUP / --reload-every: re-read the TLS material, swap it in, cut what it no longer admits
+//! - [`expiry`], [`metrics`], [`ops`]: expiry warnings, Prometheus metrics, /metrics /healthz /tunnels
+//! - [`check`], [`convert`], [`manual`]: `check`, `convert-stunnel`, man pages and completions
+//! - [`app`]: the binary's edge (runtime, signals, exit codes); [`demo`]: the no-setup demo
 
 pub mod app;
 pub mod check;
@@ -19,6 +22,7 @@ pub mod convert;
 pub mod demo;
 pub mod expiry;
 pub mod identity;
+pub mod listen;
 pub mod logging;
 pub mod manual;
 pub mod metrics;
@@ -64,7 +68,7 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<server::Server
     };
     tracing::info!(backend = %cfg.backend, crl = ?cfg.crl, allow = ?cfg.allow.names().collect::<Vec<_>>(), "server ready");
     let running =
-        serve::start(mode, &cfg.listen, serve::Follow::Ownership, c.max_connections, c.keepalive).await?;
+        serve::start(mode, &cfg.listen, listen::Follow::Ownership, c.max_connections, c.keepalive).await?;
     start_ops(&running, c.metrics).await?;
     Ok(running)
 }
@@ -81,7 +85,7 @@ pub async fn start_client(cfg: &config::Client) -> Result<Running<client::Client
         connect_timeout: c.connect_timeout,
         keepalive: c.keepalive,
     };
-    let running = serve::start(mode, &cfg.listen, serve::Follow::No, c.max_connections, c.keepalive).await?;
+    let running = serve::start(mode, &cfg.listen, listen::Follow::No, c.max_connections, c.keepalive).await?;
     start_ops(&running, c.metrics).await?;
     Ok(running)
 }

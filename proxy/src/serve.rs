@@ -1,5 +1,5 @@
 //! The accept loop of both modes (limit, back off on accept errors, spawn), the registry of open
-//! tunnels, and the drain on shutdown.
+//! tunnels, and the drain on shutdown. Following a VIP's ownership is in [`crate::listen`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ impl<M> Ctx<M> {
         self.serving.lock().unwrap_or_else(|p| p.into_inner()).contains(&local)
     }
 
-    fn set_serving(&self, local: SocketAddr, on: bool) {
+    pub(crate) fn set_serving(&self, local: SocketAddr, on: bool) {
         let mut set = self.serving.lock().unwrap_or_else(|p| p.into_inner());
         if on {
             set.insert(local);
@@ -149,27 +149,14 @@ pub enum ListenError {
     Ownership { addr: SocketAddr, source: std::io::Error },
 }
 
-/// How often an address this host may gain or lose (a VIP) is checked.
-pub const ADDRESS_POLL: Duration = Duration::from_millis(500);
-
-/// Which listen addresses follow ownership.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Follow {
-    /// Bind every address at start; failing to bind is an error (client mode).
-    No,
-    /// An address this host does not own is waited for, and released when the host loses it
-    /// (server mode: the CARP / keepalived VIP). Wildcard and loopback addresses are simply bound.
-    Ownership,
-}
-
 /// What every accept loop shares.
 #[derive(Debug)]
-struct Accepting<M> {
-    ctx: Arc<Ctx<M>>,
+pub(crate) struct Accepting<M> {
+    pub(crate) ctx: Arc<Ctx<M>>,
     limit: Arc<Semaphore>,
     tracker: TaskTracker,
     loops: TaskTracker,
-    stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
 }
 
 impl<M> Clone for Accepting<M> {
@@ -186,7 +173,7 @@ impl<M> Clone for Accepting<M> {
 
 impl<M: Mode> Accepting<M> {
     /// Starts accepting on `listener`; the returned token stops this listener alone.
-    fn serve(&self, listener: TcpListener, local: SocketAddr) -> CancellationToken {
+    pub(crate) fn serve(&self, listener: TcpListener, local: SocketAddr) -> CancellationToken {
         tracing::info!(mode = M::NAME, listen = %local, "listening");
         self.ctx.set_serving(local, true);
         let own = self.stop.child_token();
@@ -195,18 +182,20 @@ impl<M: Mode> Accepting<M> {
     }
 }
 
-/// Binds every listen address (or, with [`Follow::Ownership`], waits for it) and starts accepting.
+/// Binds every listen address (or, with [`crate::listen::Follow::Ownership`], waits for it) and starts accepting.
 pub async fn start<M: Mode>(
     mode: M,
     listen: &[SocketAddr],
-    follow: Follow,
+    follow: crate::listen::Follow,
     max_connections: u32,
     keepalive: Keepalive,
 ) -> Result<Running<M>, ListenError> {
     // Decide and bind everything first, so a bad address fails start-up before anything runs.
     let mut plan = Vec::new();
     for &addr in listen {
-        let followed = follow == Follow::Ownership && !addr.ip().is_unspecified() && !addr.ip().is_loopback();
+        let followed = follow == crate::listen::Follow::Ownership
+            && !addr.ip().is_unspecified()
+            && !addr.ip().is_loopback();
         let owned = if followed {
             crate::os::owns_address(addr.ip()).map_err(|source| ListenError::Ownership { addr, source })?
         } else {
@@ -248,7 +237,7 @@ pub async fn start<M: Mode>(
             if serving.is_none() {
                 tracing::info!(mode = M::NAME, listen = %addr, "standing by: this host does not own the address; will bind when it does");
             }
-            acc.loops.spawn(follow_address(addr, serving, acc.clone()));
+            acc.loops.spawn(crate::listen::follow_address(addr, serving, acc.clone()));
         }
     }
     acc.loops.close();
@@ -259,70 +248,6 @@ pub async fn start<M: Mode>(
         tracker: acc.tracker.clone(),
         accept_loops: acc.loops.clone(),
     })
-}
-
-/// Watches whether this host owns `addr`: binds when it gains it, and when it loses it closes the
-/// listener and cuts every tunnel accepted through it.
-async fn follow_address<M: Mode>(
-    addr: SocketAddr,
-    mut serving: Option<(SocketAddr, CancellationToken)>,
-    acc: Accepting<M>,
-) {
-    let mut tick = tokio::time::interval(ADDRESS_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    // Repeated failures are logged once each, not every poll.
-    let mut last_problem: Option<String> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {},
-            _ = acc.stop.cancelled() => return,
-        }
-        let owned = match crate::os::owns_address(addr.ip()) {
-            Ok(owned) => owned,
-            Err(e) => {
-                let problem = format!("cannot tell whether this host owns the address: {e}");
-                if last_problem.as_ref() != Some(&problem) {
-                    tracing::warn!(listen = %addr, "{problem}; keeping the current state");
-                    last_problem = Some(problem);
-                }
-                continue;
-            }
-        };
-        match (&serving, owned) {
-            (None, true) => match TcpListener::bind(addr).await.and_then(|l| Ok((l.local_addr()?, l))) {
-                Ok((local, listener)) => {
-                    tracing::info!(mode = M::NAME, listen = %addr, "address acquired");
-                    acc.ctx.metrics.set_owned(addr, true);
-                    last_problem = None;
-                    serving = Some((local, acc.serve(listener, local)));
-                }
-                Err(e) => {
-                    let problem = format!("address acquired but cannot bind: {e}");
-                    if last_problem.as_ref() != Some(&problem) {
-                        tracing::warn!(listen = %addr, "{problem}; retrying");
-                        last_problem = Some(problem);
-                    }
-                }
-            },
-            (Some((local, token)), false) => {
-                token.cancel();
-                acc.ctx.metrics.set_owned(addr, false);
-                let local = *local;
-                // Out of the serving set first: a tunnel finishing its handshake now cuts itself.
-                acc.ctx.set_serving(local, false);
-                let why = format!("address {} lost", addr.ip());
-                let cut = acc.ctx.tunnels.cut_where(&why, |t| t.listener == local);
-                tracing::warn!(
-                    mode = M::NAME,
-                    listen = %addr,
-                    tunnels_cut = cut,
-                    "address lost: listener closed, open tunnels through it cut; standing by"
-                );
-                serving = None;
-            }
-            _ => {}
-        }
-    }
 }
 
 async fn accept_loop<M: Mode>(
