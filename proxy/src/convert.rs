@@ -270,6 +270,9 @@ fn accept_addr(v: &str) -> Option<String> {
     if let Some(port) = v.strip_prefix("*:") {
         return port.parse::<u16>().ok().map(|p| format!("0.0.0.0:{p}"));
     }
+    if let Some(port) = v.strip_prefix(":::") {
+        return port.parse::<u16>().ok().map(|p| format!("[::]:{p}"));
+    }
     v.parse::<std::net::SocketAddr>().ok().map(|a| a.to_string())
 }
 
@@ -332,6 +335,20 @@ connect = 192.168.1.138:2323
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("s.conf:4: verify = 4"), "{errors:?}");
         assert!(errors[1].starts_with("s.conf:5: ciphers: no nfs-tls-proxy equivalent"), "{errors:?}");
+    }
+
+    #[test]
+    fn accept_takes_the_forms_stunnel_does() {
+        for (given, want) in [
+            ("2323", "0.0.0.0:2323"),
+            ("*:2323", "0.0.0.0:2323"),
+            (":::2323", "[::]:2323"),
+            ("192.168.1.138:2323", "192.168.1.138:2323"),
+            ("[::1]:2323", "[::1]:2323"),
+        ] {
+            assert_eq!(accept_addr(given).as_deref(), Some(want), "{given}");
+        }
+        assert_eq!(accept_addr("f3s:2323"), None);
     }
 
     #[test]

@@ -23,6 +23,8 @@ use crate::tunnel::Mode;
 const MAX_HEAD: usize = 8192;
 /// Time allowed for a request to arrive.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most requests handled at once; more connections are closed unanswered.
+const MAX_REQUESTS: usize = 32;
 /// Time allowed for the health check itself.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,15 +45,24 @@ pub async fn start<M: Mode>(
     let listener = TcpListener::bind(addr).await.map_err(|source| OpsError { addr, source })?;
     let local = listener.local_addr().map_err(|source| OpsError { addr, source })?;
     tracing::info!(metrics = %local, "serving /metrics, /healthz and /tunnels");
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = stop.cancelled() => return,
             };
-            if let Ok((tcp, _)) = accepted {
-                tokio::spawn(handle(tcp, ctx.clone()));
-            }
+            let Ok((tcp, _)) = accepted else {
+                // EMFILE and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                handle(tcp, ctx).await;
+                drop(permit);
+            });
         }
     });
     Ok(local)
