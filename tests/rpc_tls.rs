@@ -45,6 +45,15 @@ const PLAIN_NULL: [u8; 44] = [
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
 ];
 
+/// Connects, sends the probe and reads a reply of the STARTTLS reply's length.
+async fn send_probe(addr: std::net::SocketAddr) -> (TcpStream, [u8; 36]) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(&PROBE).await.expect("probe");
+    let mut reply = [0u8; 36];
+    within(T, tcp.read_exact(&mut reply)).await.expect("reply");
+    (tcp, reply)
+}
+
 /// Sends `bytes` and returns everything the server sends back before closing.
 async fn send_raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
@@ -97,10 +106,7 @@ async fn the_server_answers_the_probe_with_starttls_then_tunnels_over_tls13() {
     let pki = TestPki::new();
     let backend = EchoBackend::start().await;
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
-    let mut tcp = TcpStream::connect(server.local_addrs[0]).await.expect("connect");
-    tcp.write_all(&PROBE).await.expect("probe");
-    let mut reply = [0u8; 36];
-    within(T, tcp.read_exact(&mut reply)).await.expect("reply");
+    let (tcp, reply) = send_probe(server.local_addrs[0]).await;
     assert_eq!(reply, STARTTLS_REPLY);
     assert_eq!(backend.connections(), 0, "the backend never sees the probe");
     let tls = tls_over(&pki, "r0", tcp, true).await.expect("TLS after STARTTLS");
@@ -121,10 +127,7 @@ async fn an_rpc_tls_client_without_alpn_is_served_too() {
     let pki = TestPki::new();
     let backend = EchoBackend::start().await;
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
-    let mut tcp = TcpStream::connect(server.local_addrs[0]).await.expect("connect");
-    tcp.write_all(&PROBE).await.expect("probe");
-    let mut reply = [0u8; 36];
-    within(T, tcp.read_exact(&mut reply)).await.expect("reply");
+    let (tcp, _reply) = send_probe(server.local_addrs[0]).await;
     // Linux's tlshd sends no ALPN.
     let tls = tls_over(&pki, "r0", tcp, false).await.expect("TLS without ALPN");
     assert_eq!(within(T, echo_on(tls, b"no alpn")).await.expect("echo"), b"no alpn");
@@ -136,10 +139,7 @@ async fn the_probe_path_still_checks_the_client_certificate() {
     let pki = TestPki::new();
     let backend = EchoBackend::start().await;
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
-    let mut tcp = TcpStream::connect(server.local_addrs[0]).await.expect("connect");
-    tcp.write_all(&PROBE).await.expect("probe");
-    let mut reply = [0u8; 36];
-    within(T, tcp.read_exact(&mut reply)).await.expect("reply");
+    let (tcp, _reply) = send_probe(server.local_addrs[0]).await;
     if let Ok(tls) = tls_over(&pki, "r2", tcp, true).await {
         assert!(echo_on(tls, b"revoked").await.map(|b| b.is_empty()).unwrap_or(true));
     }

@@ -5,7 +5,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ca_tool::inspect::{format_time, CertInfo, CrlInfo};
 use rustls::client::danger::ServerCertVerifier;
@@ -139,10 +138,22 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
     let tls = crate::tls::client_config(&c.tls, c.min_tls, cfg.upstream_protocol);
     own_material(r, &c.tls, tls.as_ref().err().map(ToString::to_string), false);
     let Ok(tls) = tls else { return };
-    // The server's certificate is only known by asking: a handshake with each server that answers.
+    // The server's certificate is only known by asking: a handshake with each server that answers,
+    // made exactly as the client makes it.
+    let mode = crate::client::ClientMode {
+        tls: tokio::sync::watch::Sender::new(tls),
+        servers: cfg.servers.clone(),
+        protocol: cfg.upstream_protocol,
+        handshake_timeout: c.connect_timeout,
+        connect_timeout: c.connect_timeout,
+        keepalive: config::Keepalive::Off,
+    };
     for s in &cfg.servers {
-        match handshake(tls.clone(), s, cfg.upstream_protocol, c.connect_timeout).await {
-            Ok(who) => r.line("server cert", format!("{}: {who}; carries {}", s.endpoint, s.server_name)),
+        match mode.handshake(s).await {
+            Ok((tls, addr)) => {
+                let who = crate::identity::peer_name(tls.get_ref().1.peer_certificates());
+                r.line("server cert", format!("{}: {addr} is {who}; carries {}", s.endpoint, s.server_name))
+            }
             Err(crate::refuse::RefuseReason::Unreachable(e)) => r.warnings.push(format!(
                 "server {}: not reachable now ({e}); its certificate was not checked",
                 s.endpoint
@@ -150,29 +161,6 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
             Err(e) => r.problems.push(format!("server {}: handshake refused: {e}", s.endpoint)),
         }
     }
-}
-
-async fn handshake(
-    tls: Arc<rustls::ClientConfig>,
-    s: &config::Upstream,
-    protocol: config::Transport,
-    timeout: Duration,
-) -> Result<String, crate::refuse::RefuseReason> {
-    let mode = crate::client::ClientMode {
-        tls: tokio::sync::watch::Sender::new(tls),
-        servers: vec![s.clone()],
-        protocol,
-        handshake_timeout: timeout,
-        connect_timeout: timeout,
-        keepalive: config::Keepalive::Off,
-    };
-    crate::tunnel::Mode::health(&mode).await.map_err(|e| {
-        if e.contains("unreachable") {
-            crate::refuse::RefuseReason::Unreachable(e)
-        } else {
-            crate::refuse::RefuseReason::Tls(e)
-        }
-    })
 }
 
 /// Certificate, key and CA: what they are, and whether they fit together.

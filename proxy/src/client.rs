@@ -82,7 +82,8 @@ impl Mode for ClientMode {
 }
 
 impl ClientMode {
-    async fn handshake(
+    /// Connect (and probe, in rpc-tls mode) and complete a TLS handshake with one server.
+    pub(crate) async fn handshake(
         &self,
         upstream: &Upstream,
     ) -> Result<(TlsStream<TcpStream>, SocketAddr), RefuseReason> {

@@ -429,10 +429,8 @@ impl Server {
                 ));
             }
             // A VIP is re-bound after every failover, long after privileges are gone.
-            if let Some(addr) = args
-                .listen
-                .iter()
-                .find(|a| a.port() < 1024 && !a.ip().is_unspecified() && !a.ip().is_loopback())
+            if let Some(addr) =
+                args.listen.iter().find(|a| a.port() < 1024 && crate::listen::is_followed(**a))
             {
                 return Err(ConfigError::Args(format!(
                     "--listen {addr} with --user: after dropping privileges the address could not be bound \

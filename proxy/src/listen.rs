@@ -14,6 +14,19 @@ use crate::tunnel::Mode;
 /// How often an address this host may gain or lose (a VIP) is checked.
 pub const ADDRESS_POLL: Duration = Duration::from_millis(500);
 
+/// Whether a server listen address follows ownership: every address but wildcard and loopback ones,
+/// which are always this host's.
+pub fn is_followed(addr: SocketAddr) -> bool {
+    !addr.ip().is_unspecified() && !addr.ip().is_loopback()
+}
+
+/// Binds `addr`; returns the listener and the address it got (the port, if 0 was asked for).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
 /// Which listen addresses follow ownership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Follow {
@@ -52,8 +65,8 @@ pub(crate) async fn follow_address<M: Mode>(
             }
         };
         match (&serving, owned) {
-            (None, true) => match TcpListener::bind(addr).await.and_then(|l| Ok((l.local_addr()?, l))) {
-                Ok((local, listener)) => {
+            (None, true) => match bind(addr).await {
+                Ok((listener, local)) => {
                     tracing::info!(mode = M::NAME, listen = %addr, "address acquired");
                     acc.ctx.metrics.set_owned(addr, true);
                     last_problem = None;

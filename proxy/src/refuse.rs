@@ -146,8 +146,9 @@ impl fmt::Display for RefuseReason {
     }
 }
 
-/// Logs a refused connection: the only place that does.
-pub fn refuse(peer: SocketAddr, reason: &RefuseReason) {
+/// Logs and counts a refused connection: the only place that does.
+pub fn refuse(metrics: &crate::metrics::Metrics, peer: SocketAddr, reason: &RefuseReason) {
+    metrics.refused(reason);
     match reason.detail() {
         Some(detail) => tracing::warn!(%peer, reason = reason.word(), detail, "connection refused"),
         None => tracing::warn!(%peer, reason = reason.word(), "connection refused"),

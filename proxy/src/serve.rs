@@ -193,18 +193,14 @@ pub async fn start<M: Mode>(
     // Decide and bind everything first, so a bad address fails start-up before anything runs.
     let mut plan = Vec::new();
     for &addr in listen {
-        let followed = follow == crate::listen::Follow::Ownership
-            && !addr.ip().is_unspecified()
-            && !addr.ip().is_loopback();
+        let followed = follow == crate::listen::Follow::Ownership && crate::listen::is_followed(addr);
         let owned = if followed {
             crate::os::owns_address(addr.ip()).map_err(|source| ListenError::Ownership { addr, source })?
         } else {
             true
         };
         let listener = if owned {
-            let l = TcpListener::bind(addr).await.map_err(|source| ListenError::Bind { addr, source })?;
-            let local = l.local_addr().map_err(|source| ListenError::Bind { addr, source })?;
-            Some((l, local))
+            Some(crate::listen::bind(addr).await.map_err(|source| ListenError::Bind { addr, source })?)
         } else {
             None
         };
@@ -277,8 +273,7 @@ async fn accept_loop<M: Mode>(
         };
         backoff = Duration::from_millis(10);
         let Ok(permit) = acc.limit.clone().try_acquire_owned() else {
-            refuse(peer, &RefuseReason::TooManyConnections);
-            acc.ctx.metrics.refused(&RefuseReason::TooManyConnections);
+            refuse(&acc.ctx.metrics, peer, &RefuseReason::TooManyConnections);
             continue;
         };
         net::tune(&tcp, acc.ctx.keepalive);

@@ -70,10 +70,7 @@ pub async fn run_one<M: Mode>(ctx: Arc<Ctx<M>>, tcp: TcpStream, peer: SocketAddr
     };
     let opened = match opened {
         Ok(opened) => opened,
-        Err(reason) => {
-            ctx.metrics.refused(&reason);
-            return refuse(peer, &reason);
-        }
+        Err(reason) => return refuse(&ctx.metrics, peer, &reason),
     };
     let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert, opened.transport);
     if !ctx.is_serving(listener) {

@@ -106,19 +106,7 @@ fn sigterm_drains_open_tunnels_and_exits_zero() {
     let mut args = server_args(&d, &["--drain-timeout", "300ms"]);
     args[4] = echo.addr.to_string();
     let mut server = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let client = Proc::proxy(&[
-        "client",
-        "--listen",
-        "127.0.0.1:0",
-        "--server",
-        &server.listen_addr().to_string(),
-        "--server-name",
-        "f3s-storage-ha",
-        "--cert",
-        &format!("{d}/r0-stunnel.pem"),
-        "--ca",
-        &format!("{d}/ca-cert.pem"),
-    ]);
+    let client = our_client(dir.path(), server.listen_addr());
     // One open, idle tunnel.
     let mut tcp = std::net::TcpStream::connect(client.listen_addr()).expect("connect");
     use std::io::{Read, Write};

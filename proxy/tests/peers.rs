@@ -178,21 +178,8 @@ fn libnfs_reads_from_ganesha_through_our_client_in_rpc_tls_mode_and_our_server()
     std::fs::write(export.join("four.bin"), &data).expect("write");
     let (_ganesha, nfs) = ganesha(dir.path());
     let server = our_server(dir.path(), nfs);
-    let client = Proc::proxy(&[
-        "client",
-        "--listen",
-        "127.0.0.1:0",
-        "--server",
-        &server.listen_addr().to_string(),
-        "--server-name",
-        "f3s-storage-ha",
-        "--upstream-protocol",
-        "rpc-tls",
-        "--cert",
-        &p(dir.path(), "r0-stunnel.pem"),
-        "--ca",
-        &p(dir.path(), "ca-cert.pem"),
-    ]);
+    let client =
+        our_client_with(dir.path(), &server.listen_addr().to_string(), &["--upstream-protocol", "rpc-tls"]);
     let port = client.listen_addr().port();
     let ls = Command::new("timeout")
         .args(["60", "nfs-ls", &format!("nfs://127.0.0.1/export/?version=4&nfsport={port}")])
@@ -249,23 +236,7 @@ impl Drop for PyServer {
 }
 
 fn rpc_tls_client(dir: &std::path::Path, port: u16) -> Proc {
-    let client = Proc::proxy(&[
-        "client",
-        "--listen",
-        "127.0.0.1:0",
-        "--server",
-        &format!("127.0.0.1:{port}"),
-        "--server-name",
-        "f3s-storage-ha",
-        "--upstream-protocol",
-        "rpc-tls",
-        "--cert",
-        &p(dir, "r0-stunnel.pem"),
-        "--ca",
-        &p(dir, "ca-cert.pem"),
-    ]);
-    client.listen_addr();
-    client
+    our_client_with(dir, &format!("127.0.0.1:{port}"), &["--upstream-protocol", "rpc-tls"])
 }
 
 #[test]

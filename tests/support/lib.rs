@@ -68,13 +68,17 @@ impl TestPki {
         }
     }
 
-    /// Writes `name`: a CRL from our CA, revoking nothing, whose nextUpdate passed a day ago.
-    pub fn write_expired_crl(&self, name: &str) -> PathBuf {
+    /// Our CA, to sign what ca-tool will not (expired certificates, an expired CRL).
+    fn issuer(&self) -> rcgen::Issuer<'static, rcgen::KeyPair> {
         let ca_key = std::fs::read_to_string(self.path("ca-key.pem")).expect("ca key");
         let ca_cert = std::fs::read_to_string(self.path("ca-cert.pem")).expect("ca cert");
-        let issuer =
-            rcgen::Issuer::from_ca_cert_pem(&ca_cert, rcgen::KeyPair::from_pem(&ca_key).expect("key"))
-                .expect("issuer");
+        rcgen::Issuer::from_ca_cert_pem(&ca_cert, rcgen::KeyPair::from_pem(&ca_key).expect("key"))
+            .expect("issuer")
+    }
+
+    /// Writes `name`: a CRL from our CA, revoking nothing, whose nextUpdate passed a day ago.
+    pub fn write_expired_crl(&self, name: &str) -> PathBuf {
+        let issuer = self.issuer();
         let now = time::OffsetDateTime::now_utc();
         let params = rcgen::CertificateRevocationListParams {
             this_update: now - time::Duration::days(31),
@@ -92,11 +96,7 @@ impl TestPki {
 
     /// A client certificate from our CA valid from `from_days` to `to_days` relative to now.
     fn sign_with_validity(&self, name: &str, from_days: i64, to_days: i64) {
-        let ca_key = std::fs::read_to_string(self.path("ca-key.pem")).expect("ca key");
-        let ca_cert = std::fs::read_to_string(self.path("ca-cert.pem")).expect("ca cert");
-        let issuer =
-            rcgen::Issuer::from_ca_cert_pem(&ca_cert, rcgen::KeyPair::from_pem(&ca_key).expect("key"))
-                .expect("issuer");
+        let issuer = self.issuer();
         let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         let now = time::OffsetDateTime::now_utc();

@@ -276,19 +276,16 @@ pub fn server_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<String> {
 
 /// Our client towards `server`, using stunnel's combined PEM (no --key).
 pub fn our_client(dir: &std::path::Path, server: std::net::SocketAddr) -> Proc {
-    let proxy = Proc::proxy(&[
-        "client",
-        "--listen",
-        "127.0.0.1:0",
-        "--server",
-        &server.to_string(),
-        "--server-name",
-        "f3s-storage-ha",
-        "--cert",
-        &p(dir, "r0-stunnel.pem"),
-        "--ca",
-        &p(dir, "ca-cert.pem"),
-    ]);
+    our_client_with(dir, &server.to_string(), &[])
+}
+
+/// [`our_client`] towards `server` (HOST:PORT) with `extra` flags; returns it once it is listening.
+pub fn our_client_with(dir: &std::path::Path, server: &str, extra: &[&str]) -> Proc {
+    let (cert, ca) = (p(dir, "r0-stunnel.pem"), p(dir, "ca-cert.pem"));
+    let mut args = vec!["client", "--listen", "127.0.0.1:0", "--server", server];
+    args.extend(["--server-name", "f3s-storage-ha", "--cert", &cert, "--ca", &ca]);
+    args.extend_from_slice(extra);
+    let proxy = Proc::proxy(&args);
     proxy.listen_addr();
     proxy
 }
