@@ -150,8 +150,8 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
     };
     for s in &cfg.servers {
         match mode.handshake(s).await {
-            Ok((tls, addr)) => {
-                let who = crate::identity::peer_name(tls.get_ref().1.peer_certificates());
+            Ok((link, addr)) => {
+                let who = crate::identity::peer_name(Some(link.peer_certificates()));
                 r.line("server cert", format!("{}: {addr} is {who}; carries {}", s.endpoint, s.server_name))
             }
             Err(crate::refuse::RefuseReason::Unreachable(e)) => r.warnings.push(format!(

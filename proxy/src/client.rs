@@ -9,11 +9,10 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use crate::config::{Keepalive, Transport, Upstream};
 use crate::identity::peer_name;
+use crate::link::{self, Link};
 use crate::net;
 use crate::refuse::RefuseReason;
 use crate::rpc;
@@ -31,25 +30,19 @@ pub struct ClientMode {
 }
 
 impl Mode for ClientMode {
-    type Inbound = TcpStream;
-    type Outbound = TlsStream<TcpStream>;
     const NAME: &'static str = "client";
+    const TLS_INBOUND: bool = false;
 
-    async fn open(
-        &self,
-        tcp: TcpStream,
-        peer: SocketAddr,
-    ) -> Result<Opened<Self::Inbound, Self::Outbound>, RefuseReason> {
+    async fn open(&self, tcp: TcpStream, peer: SocketAddr) -> Result<Opened, RefuseReason> {
         let mut last = RefuseReason::Unreachable("no server configured".into());
         for upstream in &self.servers {
             match self.handshake(upstream).await {
-                Ok((tls, addr)) => {
-                    let identity = peer_name(tls.get_ref().1.peer_certificates());
-                    let negotiated = crate::tunnel::negotiated(tls.get_ref().1);
+                Ok((link, addr)) => {
+                    let identity = peer_name(Some(link.peer_certificates()));
                     return Ok(Opened {
-                        tls: negotiated,
-                        inbound: tcp,
-                        outbound: tls,
+                        tls: link.negotiated().to_owned(),
+                        link,
+                        plain: tcp,
                         identity,
                         upstream: addr,
                         peer_cert: None,
@@ -70,8 +63,8 @@ impl Mode for ClientMode {
         let mut problems = Vec::new();
         for upstream in &self.servers {
             match self.handshake(upstream).await {
-                Ok((tls, addr)) => {
-                    let who = peer_name(tls.get_ref().1.peer_certificates());
+                Ok((link, addr)) => {
+                    let who = peer_name(Some(link.peer_certificates()));
                     return Ok(format!("TLS handshake with {} ({addr}, {who})", upstream.endpoint));
                 }
                 Err(reason) => problems.push(format!("{}: {reason}", upstream.endpoint)),
@@ -83,10 +76,7 @@ impl Mode for ClientMode {
 
 impl ClientMode {
     /// Connect (and probe, in rpc-tls mode) and complete a TLS handshake with one server.
-    pub(crate) async fn handshake(
-        &self,
-        upstream: &Upstream,
-    ) -> Result<(TlsStream<TcpStream>, SocketAddr), RefuseReason> {
+    pub(crate) async fn handshake(&self, upstream: &Upstream) -> Result<(Link, SocketAddr), RefuseReason> {
         let name = ServerName::try_from(upstream.server_name.clone()).map_err(|_| {
             RefuseReason::Tls(format!("{:?} is not a valid server name", upstream.server_name))
         })?;
@@ -101,11 +91,11 @@ impl ClientMode {
                 Ok(Ok(())) => {}
             }
         }
-        let connector = TlsConnector::from(self.tls.borrow().clone());
-        match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+        let config = self.tls.borrow().clone();
+        match tokio::time::timeout_at(deadline, link::connect(config, name, tcp)).await {
             Err(_) => Err(RefuseReason::HandshakeTimeout),
-            Ok(Err(e)) => Err(RefuseReason::from_handshake(&e)),
-            Ok(Ok(tls)) => Ok((tls, addr)),
+            Ok(Err(e)) => Err(RefuseReason::from_link(e)),
+            Ok(Ok(link)) => Ok((link, addr)),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`identity`]: peer names and the allow-list
 //! - [`server`], [`client`]: each mode's `open()`; [`rpc`]: RFC 9289's probe and ONC RPC bits
 //! - [`tunnel`], [`splice`], [`serve`]: the shared pipeline, copy loop and accept loop
+//! - [`link`], [`record`]: the TLS handshake (rustls, unbuffered) and our in-place record layer
 //! - [`listen`]: listeners that follow the VIP; [`os`]: the Linux/FreeBSD specifics (ownership, users)
 //! - [`refuse`]: refusal reasons and their one log line
 //! - [`reload`]: SIGHUP / --reload-every: re-read the TLS material, swap it in, cut what it no longer admits
@@ -22,6 +23,7 @@ pub mod convert;
 pub mod demo;
 pub mod expiry;
 pub mod identity;
+pub mod link;
 pub mod listen;
 pub mod logging;
 pub mod manual;
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod os;
+pub mod record;
 pub mod refuse;
 pub mod reload;
 pub mod rpc;

@@ -91,6 +91,17 @@ impl RefuseReason {
         }
     }
 
+    /// A handshake that did not complete (see [`crate::link`]).
+    pub fn from_link(error: crate::link::HandshakeError) -> Self {
+        use crate::link::HandshakeError as H;
+        match error {
+            H::Tls(e) => Self::from_tls(&e),
+            H::Io(e) => Self::from_handshake(&e),
+            H::Closed => Self::ClosedEarly,
+            H::Record(e) => Self::Tls(e.to_string()),
+        }
+    }
+
     pub fn from_tls(error: &rustls::Error) -> Self {
         use rustls::Error as E;
         match error {

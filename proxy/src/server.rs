@@ -8,11 +8,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Endpoint, Keepalive, SourcePort, Transport};
 use crate::identity::peer_name;
+use crate::link;
 use crate::net;
 use crate::refuse::RefuseReason;
 use crate::rpc::{self, RpcError};
@@ -36,15 +35,10 @@ pub struct ServerMode {
 }
 
 impl Mode for ServerMode {
-    type Inbound = TlsStream<TcpStream>;
-    type Outbound = TcpStream;
     const NAME: &'static str = "server";
+    const TLS_INBOUND: bool = true;
 
-    async fn open(
-        &self,
-        tcp: TcpStream,
-        _peer: SocketAddr,
-    ) -> Result<Opened<Self::Inbound, Self::Outbound>, RefuseReason> {
+    async fn open(&self, tcp: TcpStream, _peer: SocketAddr) -> Result<Opened, RefuseReason> {
         let deadline = Instant::now() + self.handshake_timeout;
         let mut tcp = tcp;
         let transport = sniff(&tcp, deadline, self.rpc_tls).await?;
@@ -61,28 +55,25 @@ impl Mode for ServerMode {
                 self.tls.borrow().rpc_config.clone()
             }
         };
-        let acceptor = TlsAcceptor::from(config);
-        let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        let link = match tokio::time::timeout_at(deadline, link::accept(config, tcp)).await {
             Err(_) => return Err(RefuseReason::HandshakeTimeout),
-            Ok(Err(e)) => return Err(RefuseReason::from_handshake(&e)),
-            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(RefuseReason::from_link(e)),
+            Ok(Ok(link)) => link,
         };
-        let peer_cert =
-            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
-        let identity = peer_name(tls.get_ref().1.peer_certificates());
+        let peer_cert = link.peer_certificates().first().cloned();
+        let identity = peer_name(Some(link.peer_certificates()));
         let (backend, upstream) =
             net::connect_from(&self.backend, self.backend_source_port, self.connect_timeout, self.keepalive)
                 .await
                 .map_err(|e| RefuseReason::Unreachable(format!("backend {e}")))?;
-        let negotiated = crate::tunnel::negotiated(tls.get_ref().1);
         Ok(Opened {
-            inbound: tls,
-            outbound: backend,
+            tls: link.negotiated().to_owned(),
+            link,
+            plain: backend,
             identity,
             upstream,
             peer_cert,
             transport,
-            tls: negotiated,
         })
     }
 

@@ -134,6 +134,8 @@ pub fn server_config(
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
         config.alpn_protocols = alpn;
+        // The record layer after the handshake is ours (crate::record).
+        config.enable_secret_extraction = true;
         Ok(Arc::new(config))
     };
     let config = build(versions(min), Vec::new())?;
@@ -172,6 +174,8 @@ pub fn client_config(
         .with_client_auth_cert(chain, key)
         .map_err(|e| key_error(files, key_path, e))?;
     config.resumption = rustls::client::Resumption::disabled();
+    // The record layer after the handshake is ours (crate::record).
+    config.enable_secret_extraction = true;
     if protocol == Transport::RpcTls {
         config.alpn_protocols = vec![crate::rpc::ALPN.to_vec()];
     }

@@ -6,21 +6,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::Transport;
+use crate::link::Link;
 use crate::refuse::{refuse, RefuseReason};
 use crate::serve::Ctx;
 use crate::splice::splice;
 
-/// An open tunnel's two streams and who is at the far end.
+/// An open tunnel's two sides and who is at the far end.
 #[derive(Debug)]
-pub struct Opened<I, O> {
-    /// The accepted side (the NFS client's side).
-    pub inbound: I,
-    /// The side we dialled (the NFS server's side).
-    pub outbound: O,
+pub struct Opened {
+    /// The TLS side: accepted in server mode, dialled in client mode.
+    pub link: Link,
+    /// The plain side: the NFS server (server mode) or the local NFS client (client mode).
+    pub plain: TcpStream,
     /// CN of the certificate the TLS peer presented (the client's on a server, the server's on a client).
     pub identity: String,
     /// The address dialled.
@@ -43,11 +43,11 @@ pub fn negotiated(conn: &rustls::CommonState) -> String {
 
 /// What differs between server and client mode: how a tunnel is opened.
 pub trait Mode: Send + Sync + 'static {
-    type Inbound: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    type Outbound: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-
     /// `server` or `client`, for logs.
     const NAME: &'static str;
+
+    /// Whether the accepted side is the TLS one (server mode), so that "up" is TLS -> plain.
+    const TLS_INBOUND: bool;
 
     /// Handshake, authorize and connect, each under its own timeout. Any failure is a refusal, and
     /// happens before a byte of application data is forwarded.
@@ -55,7 +55,7 @@ pub trait Mode: Send + Sync + 'static {
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-    ) -> impl Future<Output = Result<Opened<Self::Inbound, Self::Outbound>, RefuseReason>> + Send;
+    ) -> impl Future<Output = Result<Opened, RefuseReason>> + Send;
 
     /// Whether the far side works (for `/healthz`): a one-line description either way.
     fn health(&self) -> impl Future<Output = Result<String, String>> + Send;
@@ -87,7 +87,7 @@ pub async fn run_one<M: Mode>(ctx: Arc<Ctx<M>>, tcp: TcpStream, peer: SocketAddr
         tls = %opened.tls,
         "tunnel opened"
     );
-    let end = splice(opened.inbound, opened.outbound, &entry.counters, &entry.cut).await;
+    let end = splice(opened.link, opened.plain, M::TLS_INBOUND, &entry.counters, &entry.cut).await;
     ctx.tunnels.remove(entry.id);
     ctx.metrics.closed(&entry);
     let (bytes_up, bytes_down) = entry.counters.totals();
