@@ -86,6 +86,140 @@ fn our_client_reaches_the_backend_through_a_stunnel_server() {
     client.wait_line(&["tunnel closed", "identity=f3s-storage-ha", "bytes_up=1000000"]);
 }
 
+/// Every cipher suite rustls can negotiate, as stunnel (OpenSSL) spells it and as our log names it.
+const SUITES: [(&str, &str, &str); 6] = [
+    ("TLSv1.3", "ciphersuites = TLS_AES_128_GCM_SHA256", "TLSv1_3/TLS13_AES_128_GCM_SHA256"),
+    ("TLSv1.3", "ciphersuites = TLS_AES_256_GCM_SHA384", "TLSv1_3/TLS13_AES_256_GCM_SHA384"),
+    ("TLSv1.3", "ciphersuites = TLS_CHACHA20_POLY1305_SHA256", "TLSv1_3/TLS13_CHACHA20_POLY1305_SHA256"),
+    ("TLSv1.2", "ciphers = ECDHE-ECDSA-AES128-GCM-SHA256", "TLSv1_2/TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
+    ("TLSv1.2", "ciphers = ECDHE-ECDSA-AES256-GCM-SHA384", "TLSv1_2/TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"),
+    (
+        "TLSv1.2",
+        "ciphers = ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLSv1_2/TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+];
+
+#[test]
+fn every_suite_and_tls_version_carries_data_both_ways_between_stunnel_and_our_record_layer() {
+    if !require("stunnel4") {
+        return;
+    }
+    let dir = pki();
+    let d = dir.path();
+    let echo = echo_server();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
+    let want = format!("bytes_up={}", data.len());
+    for (i, (version, suite, logged)) in SUITES.iter().enumerate() {
+        let pin = format!("sslVersionMin = {version}\nsslVersionMax = {version}\n{suite}\n");
+        // stunnel client -> our server.
+        let server = Proc::proxy(&[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            &echo.addr.to_string(),
+            "--cert",
+            &p(d, "f3s-storage-ha-cert.pem"),
+            "--key",
+            &p(d, "f3s-storage-ha-key.pem"),
+            "--ca",
+            &p(d, "ca-cert.pem"),
+            "--min-tls",
+            "1.2",
+        ]);
+        let port = free_port();
+        let stunnel_client = stunnel(
+            d,
+            &format!("client{i}.conf"),
+            &format!(
+                "[nfs]\nclient = yes\naccept = 127.0.0.1:{port}\nconnect = {}\ncert = {}\nCAfile = {}\nverifyChain = yes\n{pin}",
+                server.listen_addr(),
+                p(d, "r0-stunnel.pem"),
+                p(d, "ca-cert.pem"),
+            ),
+        );
+        let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_port(addr);
+        assert_eq!(echo_through(addr, &data), data, "stunnel client, {logged}");
+        server.wait_line(&["tunnel opened", &format!("tls={logged}")]);
+        server.wait_line(&["tunnel closed", &want, "end=closed"]);
+        drop(stunnel_client);
+
+        // our client -> stunnel server.
+        let port = free_port();
+        let stunnel_server = stunnel(
+            d,
+            &format!("server{i}.conf"),
+            &format!(
+                "[nfs-tls]\naccept = 127.0.0.1:{port}\nconnect = {}\ncert = {}\nkey = {}\nCAfile = {}\nverify = 2\nrequireCert = yes\n{pin}",
+                echo.addr,
+                p(d, "f3s-storage-ha-cert.pem"),
+                p(d, "f3s-storage-ha-key.pem"),
+                p(d, "ca-cert.pem"),
+            ),
+        );
+        let server_addr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_port(server_addr);
+        let client = our_client_with(d, &server_addr.to_string(), &["--min-tls", "1.2"]);
+        assert_eq!(echo_through(client.listen_addr(), &data), data, "stunnel server, {logged}");
+        client.wait_line(&["tunnel opened", &format!("tls={logged}")]);
+        client.wait_line(&["tunnel closed", &want, "end=closed"]);
+        drop(stunnel_server);
+    }
+}
+
+#[test]
+fn openssl_key_updates_are_followed_and_answered_when_asked() {
+    if !require("openssl") {
+        return;
+    }
+    let dir = pki();
+    let d = dir.path();
+    let echo = echo_server();
+    let server = our_server(d, echo.addr);
+    // s_client's connected commands: "K" sends a KeyUpdate asking for ours, "k" one that does not.
+    // Its -msg trace (stdout, sent to stderr here) shows each handshake message both ways.
+    let script = format!(
+        "exec openssl s_client -connect {} -cert {} -key {} -CAfile {} -tls1_3 -msg 1>&2",
+        server.listen_addr(),
+        p(d, "r0-cert.pem"),
+        p(d, "r0-key.pem"),
+        p(d, "ca-cert.pem"),
+    );
+    let mut client = Proc::spawn_with_stdin(
+        "openssl s_client",
+        Command::new("sh").args(["-c", &script]).stdin(std::process::Stdio::piped()),
+    );
+    let mut stdin = client.stdin();
+    let mut say = |line: &str| {
+        use std::io::Write;
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("s_client stdin");
+        stdin.flush().expect("flush");
+    };
+    let received_key_updates =
+        |c: &Proc| c.log().lines().filter(|l| l.starts_with("<<<") && l.contains("KeyUpdate")).count();
+    say("before-any-update");
+    client.wait_line(&["before-any-update"]);
+    say("K");
+    client.wait_line(&["<<< TLS 1.3", "KeyUpdate"]);
+    say("after-update-requested");
+    // Echoed back through our server: our reply's new key is in use.
+    client.wait_line(&["after-update-requested"]);
+    say("k");
+    client.wait_line(&["KEYUPDATE"]);
+    say("after-plain-update");
+    client.wait_line(&["after-plain-update"]);
+    assert_eq!(
+        received_key_updates(&client),
+        1,
+        "we answer only the KeyUpdate that asked:\n{}",
+        client.log()
+    );
+    let lines = server.log();
+    assert!(!lines.contains("error"), "{lines}");
+}
+
 #[test]
 fn libnfs_lists_and_reads_a_16_mib_file_from_ganesha_through_our_client_and_server() {
     if !(require("ganesha.nfsd") && require("nfs-cat") && require("nfs-ls")) {

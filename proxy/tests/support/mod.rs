@@ -44,8 +44,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        Self::spawn_with_stdin(name, cmd.stdin(Stdio::null()))
+    }
+
+    /// [`Proc::spawn`], leaving stdin as `cmd` set it (e.g. piped, then taken with [`Proc::stdin`]).
+    pub fn spawn_with_stdin(name: &str, cmd: &mut Command) -> Self {
         let mut child = cmd
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -64,6 +68,11 @@ impl Proc {
     /// Our binary with `args`.
     pub fn proxy(args: &[&str]) -> Self {
         Self::spawn("nfs-tls-proxy", Command::new(env!("CARGO_BIN_EXE_nfs-tls-proxy")).args(args))
+    }
+
+    /// The child's stdin, if it was piped.
+    pub fn stdin(&mut self) -> std::process::ChildStdin {
+        self.child.stdin.take().expect("stdin was not piped")
     }
 
     pub fn log(&self) -> String {
