@@ -9,21 +9,21 @@ use support::*;
 
 /// Our server in front of `backend`, with the test PKI; returns it once it is listening.
 fn our_server(dir: &std::path::Path, backend: std::net::SocketAddr) -> Proc {
-    let proxy = Proc::proxy(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &backend.to_string(),
-        "--cert",
-        &p(dir, "f3s-storage-ha-cert.pem"),
-        "--key",
-        &p(dir, "f3s-storage-ha-key.pem"),
-        "--ca",
-        &p(dir, "ca-cert.pem"),
-        "--crl",
-        &p(dir, "crl.pem"),
-    ]);
+    our_server_with(dir, backend, &["--crl", &p(dir, "crl.pem")])
+}
+
+/// [`our_server`] with `extra` flags instead of the CRL.
+fn our_server_with(dir: &std::path::Path, backend: std::net::SocketAddr, extra: &[&str]) -> Proc {
+    let (backend, cert, key, ca) = (
+        backend.to_string(),
+        p(dir, "f3s-storage-ha-cert.pem"),
+        p(dir, "f3s-storage-ha-key.pem"),
+        p(dir, "ca-cert.pem"),
+    );
+    let mut args = vec!["server", "--listen", "127.0.0.1:0", "--backend", &backend];
+    args.extend(["--cert", &cert, "--key", &key, "--ca", &ca]);
+    args.extend_from_slice(extra);
+    let proxy = Proc::proxy(&args);
     proxy.listen_addr();
     proxy
 }
@@ -113,21 +113,7 @@ fn every_suite_and_tls_version_carries_data_both_ways_between_stunnel_and_our_re
     for (i, (version, suite, logged)) in SUITES.iter().enumerate() {
         let pin = format!("sslVersionMin = {version}\nsslVersionMax = {version}\n{suite}\n");
         // stunnel client -> our server.
-        let server = Proc::proxy(&[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            &echo.addr.to_string(),
-            "--cert",
-            &p(d, "f3s-storage-ha-cert.pem"),
-            "--key",
-            &p(d, "f3s-storage-ha-key.pem"),
-            "--ca",
-            &p(d, "ca-cert.pem"),
-            "--min-tls",
-            "1.2",
-        ]);
+        let server = our_server_with(d, echo.addr, &["--min-tls", "1.2"]);
         let port = free_port();
         let stunnel_client = stunnel(
             d,
