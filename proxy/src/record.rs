@@ -31,10 +31,12 @@ const MAX_BODY_TLS12: usize = MAX_PLAINTEXT + 2048;
 /// Largest whole record: a receive buffer of this size always has room for the next record.
 pub const MAX_RECORD: usize = HEADER + MAX_BODY_TLS12;
 
-/// Records sealed with one key before we switch to a new one: TLS 1.3 sends a KeyUpdate, TLS 1.2
-/// (which has none) ends the tunnel. Well below AES-GCM's confidentiality limit of 2^24.5 records
-/// (RFC 8446 5.5), and about 128 GiB of full records.
+/// TLS 1.3: records sealed with one key before we send a KeyUpdate and switch to the next. Well
+/// below AES-GCM's confidentiality limit of 2^24.5 records (RFC 8446 5.5); a KeyUpdate is cheap.
 pub const KEY_LIMIT: u64 = 1 << 23;
+/// TLS 1.2 has no KeyUpdate: with AES-GCM the tunnel ends after this many records (rustls' limit
+/// too) and the NFS client reconnects; ChaCha20-Poly1305 has no practical limit.
+const TLS12_AES_GCM_LIMIT: u64 = 1 << 24;
 
 pub mod content {
     pub const CHANGE_CIPHER_SPEC: u8 = 20;
@@ -100,6 +102,7 @@ struct Keys {
     seq: u64,
     /// TLS 1.2 AES-GCM: 8 bytes of the nonce travel in each record.
     explicit_nonce: bool,
+    aes_gcm: bool,
 }
 
 impl std::fmt::Debug for Keys {
@@ -148,6 +151,7 @@ impl Keys {
             iv,
             seq,
             explicit_nonce: gcm && version == Version::Tls12,
+            aes_gcm: gcm,
         })
     }
 
@@ -176,11 +180,23 @@ fn tls12_aad(seq: u64, typ: u8, len: usize) -> [u8; 13] {
 pub struct Sealer {
     keys: Keys,
     version: Version,
+    /// Records one key may seal (see [`KEY_LIMIT`]).
+    limit: u64,
 }
 
 impl Sealer {
     pub fn new(seq: u64, secrets: ConnectionTrafficSecrets, version: Version) -> Result<Self, RecordError> {
-        Ok(Self { keys: Keys::new(seq, &secrets, version)?, version })
+        let keys = Keys::new(seq, &secrets, version)?;
+        Ok(Self::with_keys(keys, version))
+    }
+
+    fn with_keys(keys: Keys, version: Version) -> Self {
+        let limit = match version {
+            Version::Tls13 => KEY_LIMIT,
+            Version::Tls12 if keys.aes_gcm => TLS12_AES_GCM_LIMIT,
+            Version::Tls12 => u64::MAX,
+        };
+        Self { keys, version, limit }
     }
 
     /// Bytes of a record before its plaintext: the header, and TLS 1.2 AES-GCM's explicit nonce.
@@ -193,9 +209,10 @@ impl Sealer {
         TAG + usize::from(self.version == Version::Tls13)
     }
 
-    /// Whether the current key has sealed [`KEY_LIMIT`] records and must be replaced first.
+    /// Whether the current key has sealed all the records it may, and must be replaced first (TLS
+    /// 1.3) or the tunnel ended (TLS 1.2).
     pub fn needs_new_key(&self) -> bool {
-        self.keys.seq >= KEY_LIMIT
+        self.keys.seq >= self.limit
     }
 
     /// Seals, in place, the record whose `len` bytes of plaintext of type `typ` are at
@@ -475,7 +492,7 @@ mod tests {
     }
 
     fn pair(kind: u8, version: Version) -> (Sealer, Opener) {
-        (Sealer { keys: keys(kind, version), version }, Opener { keys: keys(kind, version), version })
+        (Sealer::with_keys(keys(kind, version), version), Opener { keys: keys(kind, version), version })
     }
 
     #[test]
@@ -517,6 +534,22 @@ mod tests {
             // The same record again: the sequence number moved on, so the nonce no longer fits.
             assert_eq!(opener2.open(&mut replay.clone()), Err(RecordError::BadRecordMac));
         }
+    }
+
+    #[test]
+    fn a_key_is_replaced_before_its_record_limit_and_tls12_chacha_has_none() {
+        let (mut sealer, _) = pair(1, Version::Tls13);
+        sealer.keys.seq = KEY_LIMIT - 1;
+        assert!(!sealer.needs_new_key());
+        let mut out = [0u8; 64];
+        sealer.seal_message(content::APPLICATION_DATA, b"x", &mut out);
+        assert!(sealer.needs_new_key());
+        let (mut sealer, _) = pair(0, Version::Tls12);
+        sealer.keys.seq = TLS12_AES_GCM_LIMIT;
+        assert!(sealer.needs_new_key());
+        let (mut sealer, _) = pair(2, Version::Tls12);
+        sealer.keys.seq = TLS12_AES_GCM_LIMIT;
+        assert!(!sealer.needs_new_key());
     }
 
     #[test]
