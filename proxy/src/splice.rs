@@ -342,14 +342,14 @@ impl ToTls {
             let buf = self.buf.get_or_insert_with(take_buffer);
             let (prefix, suffix) = (link.sealer.prefix(), link.sealer.suffix());
             let slot = prefix + MAX_PLAINTEXT + suffix;
-            // The payload places of the SLOTS records in the buffer (no allocation per read).
-            let mut places =
-                buf.chunks_exact_mut(slot).map(|s| IoSliceMut::new(&mut s[prefix..prefix + MAX_PLAINTEXT]));
-            let mut iov: [IoSliceMut<'_>; SLOTS] =
-                std::array::from_fn(|_| places.next().unwrap_or_else(|| IoSliceMut::new(&mut [])));
+            let mut iov: Vec<IoSliceMut<'_>> = buf
+                .chunks_exact_mut(slot)
+                .map(|s| IoSliceMut::new(&mut s[prefix..prefix + MAX_PLAINTEXT]))
+                .collect();
             match plain.try_read_vectored(&mut iov) {
                 Ok(0) => self.read_done = true,
                 Ok(n) => {
+                    drop(iov);
                     let mut left = n;
                     let mut at = 0;
                     while left > 0 {
