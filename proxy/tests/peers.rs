@@ -156,57 +156,6 @@ fn every_suite_and_tls_version_carries_data_both_ways_between_stunnel_and_our_re
 }
 
 #[test]
-fn openssl_key_updates_are_followed_and_answered_when_asked() {
-    if !require("openssl") {
-        return;
-    }
-    let dir = pki();
-    let d = dir.path();
-    let echo = echo_server();
-    let server = our_server(d, echo.addr);
-    // s_client's connected commands: "K" sends a KeyUpdate asking for ours, "k" one that does not.
-    // Its -msg trace (stdout, sent to stderr here) shows each handshake message both ways.
-    let script = format!(
-        "exec openssl s_client -connect {} -cert {} -key {} -CAfile {} -tls1_3 -msg 1>&2",
-        server.listen_addr(),
-        p(d, "r0-cert.pem"),
-        p(d, "r0-key.pem"),
-        p(d, "ca-cert.pem"),
-    );
-    let mut client = Proc::spawn_with_stdin(
-        "openssl s_client",
-        Command::new("sh").args(["-c", &script]).stdin(std::process::Stdio::piped()),
-    );
-    let mut stdin = client.stdin();
-    let mut say = |line: &str| {
-        use std::io::Write;
-        stdin.write_all(format!("{line}\n").as_bytes()).expect("s_client stdin");
-        stdin.flush().expect("flush");
-    };
-    let received_key_updates =
-        |c: &Proc| c.log().lines().filter(|l| l.starts_with("<<<") && l.contains("KeyUpdate")).count();
-    say("before-any-update");
-    client.wait_line(&["before-any-update"]);
-    say("K");
-    client.wait_line(&["<<< TLS 1.3", "KeyUpdate"]);
-    say("after-update-requested");
-    // Echoed back through our server: our reply's new key is in use.
-    client.wait_line(&["after-update-requested"]);
-    say("k");
-    client.wait_line(&["KEYUPDATE"]);
-    say("after-plain-update");
-    client.wait_line(&["after-plain-update"]);
-    assert_eq!(
-        received_key_updates(&client),
-        1,
-        "we answer only the KeyUpdate that asked:\n{}",
-        client.log()
-    );
-    let lines = server.log();
-    assert!(!lines.contains("error"), "{lines}");
-}
-
-#[test]
 fn libnfs_lists_and_reads_a_16_mib_file_from_ganesha_through_our_client_and_server() {
     if !(require("ganesha.nfsd") && require("nfs-cat") && require("nfs-ls")) {
         return;
