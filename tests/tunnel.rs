@@ -137,6 +137,45 @@ async fn sixty_four_mib_each_way_arrive_intact_and_in_order() {
     assert_eq!(sha256(&back), sha256(&data));
 }
 
+/// One 200-byte request and its echo over `tls`.
+async fn exchange(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, byte: u8) {
+    let req = [byte; 200];
+    tls.write_all(&req).await.expect("write");
+    let mut rep = [0u8; 200];
+    tls.read_exact(&mut rep).await.expect("read");
+    assert_eq!(rep, req);
+}
+
+/// A rustls peer asks for a TLS 1.3 KeyUpdate mid-stream (`update_requested`): the server follows the
+/// peer's new keys and answers with a KeyUpdate of its own. Proof of the answer: the peer's receive
+/// sequence number, which restarts at zero with each new key, counts only the records sent after it.
+#[tokio::test]
+async fn a_peers_key_update_request_is_followed_and_answered_with_our_own() {
+    let pki = TestPki::new();
+    let backend = EchoBackend::start().await;
+    let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
+    let mut config = test_client_tls(&pki, Some("r0"));
+    config.enable_secret_extraction = true;
+    let mut tls = within(T, tls_connect_with(config, server.local_addrs[0])).await.expect("connect");
+    for i in 0..20 {
+        within(T, exchange(&mut tls, i)).await;
+    }
+    tls.get_mut().1.refresh_traffic_keys().expect("key update");
+    within(T, exchange(&mut tls, 0xee)).await;
+    within(T, exchange(&mut tls, 0xef)).await;
+    let (_, conn) = tls.into_inner();
+    let secrets = conn.dangerous_extract_secrets().expect("secrets");
+    // Sent since the peer's update: the two requests. Received since ours: the two echoes (one record
+    // each, maybe split in two by the backend's reads), not the twenty before.
+    assert_eq!(secrets.tx.0, 2, "the peer's own key update did not take effect");
+    assert!(
+        (2..=4).contains(&secrets.rx.0),
+        "no KeyUpdate came back: {} records under the old key",
+        secrets.rx.0
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn half_close_from_the_client_still_delivers_the_reply() {
     let pki = TestPki::new();

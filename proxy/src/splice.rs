@@ -342,14 +342,14 @@ impl ToTls {
             let buf = self.buf.get_or_insert_with(take_buffer);
             let (prefix, suffix) = (link.sealer.prefix(), link.sealer.suffix());
             let slot = prefix + MAX_PLAINTEXT + suffix;
-            let mut iov: Vec<IoSliceMut<'_>> = buf
-                .chunks_exact_mut(slot)
-                .map(|s| IoSliceMut::new(&mut s[prefix..prefix + MAX_PLAINTEXT]))
-                .collect();
-            match plain.try_read_vectored(&mut iov) {
+            // The payload places of the SLOTS records in the buffer (no allocation per read).
+            let mut places =
+                buf.chunks_exact_mut(slot).map(|s| IoSliceMut::new(&mut s[prefix..prefix + MAX_PLAINTEXT]));
+            let mut iov: [IoSliceMut<'_>; SLOTS] =
+                std::array::from_fn(|_| places.next().unwrap_or_else(|| IoSliceMut::new(&mut [])));
+            match read_drained(plain, &mut iov) {
                 Ok(0) => self.read_done = true,
                 Ok(n) => {
-                    drop(iov);
                     let mut left = n;
                     let mut at = 0;
                     while left > 0 {
@@ -364,6 +364,29 @@ impl ToTls {
                 Err(e) => return Poll::Ready(Err(format!("read: {e}"))),
             }
         }
+    }
+}
+
+/// One vectored read of what `socket` holds. A read that does not fill `iov` has drained the socket,
+/// so its readiness is cleared right away, as tokio's own `poll_read` does for a short read (the
+/// edge-triggered poller reports the next arrival; end of input stays reported): the next poll waits
+/// instead of paying one more read only to get `WouldBlock`. Worth one system call per wake-up, i.e.
+/// per NFS request on the client and per reply on the server.
+fn read_drained(socket: &TcpStream, iov: &mut [IoSliceMut<'_>]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let room: usize = iov.iter().map(|b| b.len()).sum();
+    let mut short = None;
+    let result = socket.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(socket)).read_vectored(iov)?;
+        if n > 0 && n < room {
+            short = Some(n);
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (result, short) {
+        (Err(e), Some(n)) if e.kind() == ErrorKind::WouldBlock => Ok(n),
+        (result, _) => result,
     }
 }
 

@@ -250,9 +250,7 @@ pub async fn tls_connect(
     cert: Option<&str>,
     server: SocketAddr,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(server).await?;
-    let name = rustls::pki_types::ServerName::try_from(SERVER).expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(test_client_tls(pki, cert))).connect(name, tcp).await
+    tls_connect_with(test_client_tls(pki, cert), server).await
 }
 
 /// A TLS 1.3 handshake as `cert` over an already connected stream (e.g. after the RFC 9289 probe),
@@ -271,8 +269,19 @@ pub async fn tls_over(
     tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
 }
 
-/// A rustls client configuration written independently of the proxy's loader.
-fn test_client_tls(pki: &TestPki, cert: Option<&str>) -> rustls::ClientConfig {
+/// A TLS connection straight to a server proxy with a client configuration of the test's own.
+pub async fn tls_connect_with(
+    config: rustls::ClientConfig,
+    server: SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(server).await?;
+    let name = rustls::pki_types::ServerName::try_from(SERVER).expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+}
+
+/// A rustls client configuration written independently of the proxy's loader, as `cert` (None: no
+/// client certificate).
+pub fn test_client_tls(pki: &TestPki, cert: Option<&str>) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in ca_tool::pem::load_certs(&pki.path("ca-cert.pem")).expect("ca") {
