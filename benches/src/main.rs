@@ -35,6 +35,9 @@ struct Figures {
     bulk4_mib_s: Vec<f64>,
     p50_us: Vec<f64>,
     p99_us: Vec<f64>,
+    /// The same latency probe with the harness and the path's processes all on CPU 0.
+    p50_one_cpu_us: Vec<f64>,
+    p99_one_cpu_us: Vec<f64>,
     conns_per_s: Vec<f64>,
     nfs_cat_s: Vec<f64>,
     nfs_ls_s: Vec<f64>,
@@ -99,13 +102,24 @@ fn main() -> anyhow::Result<()> {
         })?;
     }
     let echo = echo_server()?;
-    let (stunnel, stunnel_addr) = stunnel_pair(pki, "echo", echo)?;
-    let (ours, ours_addr) = our_pair(&proxy_bin, pki, "echo", echo)?;
+    let (stunnel, stunnel_addr) = stunnel_pair(pki, "echo", echo, false)?;
+    let (ours, ours_addr) = our_pair(&proxy_bin, pki, "echo", echo, false)?;
     let mut paths = vec![("direct", echo), ("stunnel", stunnel_addr), ("nfs-tls-proxy", ours_addr)];
     // The floor of any two-process relay on this machine: two plain socat relays, no TLS at all.
-    let floor = socat_pair(echo).map_err(|e| eprintln!("!!! no socat floor: {e:#}")).ok();
+    let floor = socat_pair(echo, false).map_err(|e| eprintln!("!!! no socat floor: {e:#}")).ok();
     if let Some((_, addr)) = &floor {
         paths.push(("relay floor (2x socat, no TLS)", *addr));
+    }
+    // The same paths started on CPU 0 only, as on a one-core host, for the latency probe on one CPU.
+    let (stunnel1, stunnel1_addr) = stunnel_pair(pki, "echo1", echo, true)?;
+    let (ours1, ours1_addr) = our_pair(&proxy_bin, pki, "echo1", echo, true)?;
+    let mut one_cpu_addrs = vec![echo, stunnel1_addr, ours1_addr];
+    let floor1 = match &floor {
+        Some(_) => Some(socat_pair(echo, true)?),
+        None => None,
+    };
+    if let Some((_, addr)) = &floor1 {
+        one_cpu_addrs.push(*addr);
     }
     let mut results: Vec<Figures> = vec![Figures::default(); paths.len()];
     for rep in 0..s.reps {
@@ -118,6 +132,11 @@ fn main() -> anyhow::Result<()> {
             let (p50, p99) = latency(*addr, s.latency_rounds).with_context(|| format!("{name}: latency"))?;
             f.p50_us.push(p50);
             f.p99_us.push(p99);
+            let (p50, p99) = on_one_cpu(|| latency(one_cpu_addrs[i], s.latency_rounds))
+                .and_then(|r| r)
+                .with_context(|| format!("{name}: latency on one CPU"))?;
+            f.p50_one_cpu_us.push(p50);
+            f.p99_one_cpu_us.push(p99);
             if i < 3 {
                 // socat forks per connection: its connection rate says nothing about relaying.
                 f.conns_per_s
@@ -126,7 +145,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("rep {rep}: {name} done");
         }
     }
-    drop(floor);
+    drop((floor, floor1, stunnel1, ours1));
     // Memory: the two processes of each tunnel, holding `idle_tunnels` open idle tunnels.
     results[1].rss_kib_per_tunnel = Some(rss_per_tunnel(&stunnel, stunnel_addr, s.idle_tunnels)?);
     results[2].rss_kib_per_tunnel = Some(rss_per_tunnel(&ours, ours_addr, s.idle_tunnels)?);
@@ -232,8 +251,8 @@ fn nfs(bin: &Path, pki: &Path, s: &Settings, results: &mut [Figures]) -> anyhow:
     .context("ganesha.nfsd (apt-get install nfs-ganesha nfs-ganesha-vfs)")?;
     let nfs: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     wait_port(nfs)?;
-    let (_st, st_addr) = stunnel_pair(pki, "nfs", nfs)?;
-    let (_ours, ours_addr) = our_pair(bin, pki, "nfs", nfs)?;
+    let (_st, st_addr) = stunnel_pair(pki, "nfs", nfs, false)?;
+    let (_ours, ours_addr) = our_pair(bin, pki, "nfs", nfs, false)?;
     let want = digest(&data);
     for _ in 0..s.reps {
         for (i, addr) in [nfs, st_addr, ours_addr].into_iter().enumerate() {
@@ -319,21 +338,23 @@ fn report(
     };
     println!("{cpu}, {cores} cores, {} repetitions; medians (min-max)\n", s.reps);
     println!(
-        "| path | bulk MiB/s, 1 stream | bulk MiB/s, 4 streams | added p50 us | added p99 us | p50 us | p99 us | conn/s | RSS KiB per idle tunnel | nfs-cat {} MiB s | nfs-ls -R {} files s |",
+        "| path | bulk MiB/s, 1 stream | bulk MiB/s, 4 streams | added p50 us | added p99 us | p50 us | p99 us | added p50 / p99 us, one CPU | conn/s | RSS KiB per idle tunnel | nfs-cat {} MiB s | nfs-ls -R {} files s |",
         s.nfs_file_mib, s.nfs_tree_files
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut json = serde_json::Map::new();
     for (i, name) in names.iter().enumerate() {
         let f = &r[i];
         println!(
-            "| {name} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {:.0} | {:.0} | {} | {} | {:.0} / {:.0} | {} | {} | {} | {} |",
             opt(&f.bulk_mib_s, 0),
             opt(&f.bulk4_mib_s, 0),
             med(&f.p50_us) - med(&r[0].p50_us),
             med(&f.p99_us) - med(&r[0].p99_us),
             opt(&f.p50_us, 0),
             opt(&f.p99_us, 0),
+            med(&f.p50_one_cpu_us) - med(&r[0].p50_one_cpu_us),
+            med(&f.p99_one_cpu_us) - med(&r[0].p99_one_cpu_us),
             opt(&f.conns_per_s, 0),
             f.rss_kib_per_tunnel.map(|k| format!("{k:.1}")).unwrap_or_else(|| "-".into()),
             opt(&f.nfs_cat_s, 2),
@@ -344,7 +365,8 @@ fn report(
             (*name).to_owned(),
             serde_json::json!({
                 "bulk_mib_s": m(&f.bulk_mib_s), "bulk4_mib_s": m(&f.bulk4_mib_s),
-                "p50_us": m(&f.p50_us), "p99_us": m(&f.p99_us), "conns_per_s": m(&f.conns_per_s),
+                "p50_us": m(&f.p50_us), "p99_us": m(&f.p99_us),
+                "p50_one_cpu_us": m(&f.p50_one_cpu_us), "p99_one_cpu_us": m(&f.p99_one_cpu_us), "conns_per_s": m(&f.conns_per_s),
                 "rss_kib_per_tunnel": f.rss_kib_per_tunnel, "nfs_cat_s": m(&f.nfs_cat_s), "nfs_ls_s": m(&f.nfs_ls_s),
             }),
         );
@@ -368,6 +390,18 @@ fn report(
         (
             "added latency p99 (<= 0.5x)",
             ratio(added(o, d, |f| &f.p99_us), added(st, d, |f| &f.p99_us)),
+            0.5,
+            false,
+        ),
+        (
+            "added latency p50, all on one CPU (<= 0.5x)",
+            ratio(added(o, d, |f| &f.p50_one_cpu_us), added(st, d, |f| &f.p50_one_cpu_us)),
+            0.5,
+            false,
+        ),
+        (
+            "added latency p99, all on one CPU (<= 0.5x)",
+            ratio(added(o, d, |f| &f.p99_one_cpu_us), added(st, d, |f| &f.p99_one_cpu_us)),
             0.5,
             false,
         ),
@@ -452,20 +486,38 @@ fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn spawn(cmd: &mut Command) -> anyhow::Result<Guard> {
-    Ok(Guard(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?))
+    Ok(Guard(die_with_us(cmd).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?))
 }
 
 /// Like [`spawn`], with stderr (the log) going to `log`.
 fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Guard> {
     let file = std::fs::File::create(log)?;
-    Ok(Guard(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn()?))
+    Ok(Guard(die_with_us(cmd).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn()?))
+}
+
+/// The child gets SIGTERM when the harness dies, however it dies (a signal, a panic that aborts):
+/// [`Guard`]'s clean-up only runs on an orderly exit, and a stopped run must not leave stunnel,
+/// socat or proxies behind.
+#[allow(unsafe_code)]
+fn die_with_us(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe system
+    // call.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Two chained plain-TCP socat relays in front of `backend`.
-fn socat_pair(backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
+fn socat_pair(backend: SocketAddr, cpu0: bool) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
     let (sp, cp) = (free_port()?, free_port()?);
     let relay = |from: u16, to: String| {
-        spawn(Command::new("socat").args([
+        spawn(command("socat", cpu0).args([
             "-b65536".to_owned(),
             format!("TCP-LISTEN:{from},bind=127.0.0.1,reuseaddr,fork,nodelay"),
             format!("TCP:{to},nodelay"),
@@ -479,7 +531,12 @@ fn socat_pair(backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
     Ok((guards, addr))
 }
 
-fn stunnel_pair(pki: &Path, tag: &str, backend: SocketAddr) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
+fn stunnel_pair(
+    pki: &Path,
+    tag: &str,
+    backend: SocketAddr,
+    cpu0: bool,
+) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
     let (sp, cp) = (free_port()?, free_port()?);
     let p = |n: &str| pki.join(n).display().to_string();
     // The NFS pair's server logs at info to a file, where the negotiated suite is read; the echo pair
@@ -505,8 +562,8 @@ fn stunnel_pair(pki: &Path, tag: &str, backend: SocketAddr) -> anyhow::Result<(V
     std::fs::write(&s_conf, server)?;
     std::fs::write(&c_conf, client)?;
     let guards = vec![
-        spawn(Command::new("stunnel4").arg(&s_conf)).context("stunnel4 (apt-get install stunnel4)")?,
-        spawn(Command::new("stunnel4").arg(&c_conf))?,
+        spawn(command("stunnel4", cpu0).arg(&s_conf)).context("stunnel4 (apt-get install stunnel4)")?,
+        spawn(command("stunnel4", cpu0).arg(&c_conf))?,
     ];
     let addr: SocketAddr = format!("127.0.0.1:{cp}").parse()?;
     wait_port(format!("127.0.0.1:{sp}").parse()?)?;
@@ -519,6 +576,7 @@ fn our_pair(
     pki: &Path,
     tag: &str,
     backend: SocketAddr,
+    cpu0: bool,
 ) -> anyhow::Result<(Vec<Guard>, SocketAddr)> {
     let (sp, cp) = (free_port()?, free_port()?);
     // BENCH_THREADS=N passes --threads N to both proxies (to compare runtime flavours).
@@ -526,7 +584,7 @@ fn our_pair(
         std::env::var("BENCH_THREADS").map(|t| vec!["--threads".into(), t]).unwrap_or_default();
     let p = |n: &str| pki.join(n).display().to_string();
     let server = spawn_logged(
-        Command::new(bin)
+        command(bin, cpu0)
             .args([
                 "server",
                 "--listen",
@@ -544,7 +602,7 @@ fn our_pair(
         &pki.join(format!("ours-{tag}-server.log")),
     )?;
     let client = spawn(
-        Command::new(bin)
+        command(bin, cpu0)
             .args([
                 "client",
                 "--listen",
@@ -619,6 +677,47 @@ fn latency(addr: SocketAddr, rounds: usize) -> anyhow::Result<(f64, f64)> {
     }
     samples.sort_by(f64::total_cmp);
     Ok((samples[samples.len() / 2], samples[samples.len() * 99 / 100]))
+}
+
+/// Runs `f` with every thread of this process (the probe and the echo backend) on CPU 0, then lets
+/// them run anywhere again; the tunnels it probes were started on CPU 0 (see [`command`]). On this
+/// VM a wake-up that crosses to an idle vCPU costs ~50 us (an IPI through the hypervisor) against
+/// ~4 us on the same CPU, and where the scheduler puts the processes varies from run to run; on one
+/// CPU the probe measures what each tunnel itself adds per hop.
+fn on_one_cpu<T>(f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let set_all = |set: &CpuSet| -> anyhow::Result<()> {
+        for task in std::fs::read_dir("/proc/self/task")? {
+            if let Ok(tid) = task?.file_name().to_string_lossy().parse::<i32>() {
+                // A thread may end between listing and pinning.
+                let _ = sched_setaffinity(Pid::from_raw(tid), set);
+            }
+        }
+        Ok(())
+    };
+    let mut one = CpuSet::new();
+    one.set(0)?;
+    let mut every = CpuSet::new();
+    for cpu in 0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) {
+        every.set(cpu)?;
+    }
+    set_all(&one)?;
+    let out = f();
+    set_all(&every)?;
+    Ok(out)
+}
+
+/// `program`, or `program` started on CPU 0 only (`taskset -c 0`) when `cpu0`: it then sees one CPU,
+/// as on a one-core host (our proxy then runs one worker thread).
+fn command(program: impl AsRef<std::ffi::OsStr>, cpu0: bool) -> Command {
+    if cpu0 {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
 }
 
 /// New connections per second, each with one 200-byte request/response, for `window`.
