@@ -497,7 +497,9 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Guard> {
 
 /// The child gets SIGTERM when the harness dies, however it dies (a signal, a panic that aborts):
 /// [`Guard`]'s clean-up only runs on an orderly exit, and a stopped run must not leave stunnel,
-/// socat or proxies behind.
+/// socat or proxies behind. Linux only (the harness runs on the Linux test machines; elsewhere the
+/// children are only cleaned up on an orderly exit).
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn die_with_us(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
@@ -511,6 +513,11 @@ fn die_with_us(cmd: &mut Command) -> &mut Command {
             Ok(())
         })
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_us(cmd: &mut Command) -> &mut Command {
+    cmd
 }
 
 /// Two chained plain-TCP socat relays in front of `backend`.
