@@ -1,7 +1,9 @@
 //! Following the VIP: the server binds an address when this host gains it and lets go (closing the
 //! tunnels accepted through it) when it loses it. Each test builds its own network namespaces with
 //! TEST-NET-1 addresses (192.0.2.0/24) and runs our binaries inside them with `ip netns exec`; the
-//! test's own sockets are made inside a namespace by a thread that joined it (setns).
+//! test's own sockets are made inside a namespace by a thread that joined it (setns). Network
+//! namespaces are Linux's: on FreeBSD this file is empty.
+#![cfg(target_os = "linux")]
 
 mod support;
 
