@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         }
     } else {
         Settings {
-            reps: 3,
+            reps: 5,
             bulk_bytes: 128 << 20,
             latency_rounds: 5000,
             conn_window: Duration::from_secs(3),
