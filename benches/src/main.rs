@@ -23,6 +23,8 @@ struct Settings {
     reps: usize,
     bulk_bytes: usize,
     latency_rounds: usize,
+    /// Bytes iperf3 sends one way per measurement.
+    iperf_bytes: usize,
     conn_window: Duration,
     idle_tunnels: usize,
     nfs_file_mib: usize,
@@ -33,6 +35,11 @@ struct Settings {
 struct Figures {
     bulk_mib_s: Vec<f64>,
     bulk4_mib_s: Vec<f64>,
+    /// iperf3 one way, towards the backend and back from it (`-R`), one stream, MiB/s.
+    iperf_up_mib_s: Vec<f64>,
+    iperf_down_mib_s: Vec<f64>,
+    /// CPU seconds both tunnel processes spent per GiB moved by iperf3 (both directions).
+    cpu_s_per_gib: Vec<f64>,
     p50_us: Vec<f64>,
     p99_us: Vec<f64>,
     /// The same latency probe with the harness and the path's processes all on CPU 0.
@@ -60,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             reps: 1,
             bulk_bytes: 16 << 20,
             latency_rounds: 300,
+            iperf_bytes: 64 << 20,
             conn_window: Duration::from_millis(500),
             idle_tunnels: 100,
             nfs_file_mib: 8,
@@ -70,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             reps: 5,
             bulk_bytes: 128 << 20,
             latency_rounds: 5000,
+            iperf_bytes: 1 << 30,
             conn_window: Duration::from_secs(3),
             idle_tunnels: 1000,
             nfs_file_mib: 64,
@@ -121,6 +130,26 @@ fn main() -> anyhow::Result<()> {
     if let Some((_, addr)) = &floor1 {
         one_cpu_addrs.push(*addr);
     }
+    // One-way bulk: iperf3 behind the same kinds of paths.
+    let iperf_port = free_port()?;
+    let _iperf_server =
+        spawn(Command::new("iperf3").args(["-s", "-B", "127.0.0.1", "-p", &iperf_port.to_string()]))
+            .context("iperf3 (apt-get install iperf3)")?;
+    let iperf_backend: SocketAddr = format!("127.0.0.1:{iperf_port}").parse()?;
+    wait_port(iperf_backend)?;
+    let (stunnel_i, stunnel_i_addr) = stunnel_pair(pki, "iperf", iperf_backend, false)?;
+    let (ours_i, ours_i_addr) = our_pair(&proxy_bin, pki, "iperf", iperf_backend, false)?;
+    let pids = |guards: &[Guard]| guards.iter().map(|g| g.0.id()).collect::<Vec<u32>>();
+    let mut iperf_paths =
+        vec![(iperf_backend, vec![]), (stunnel_i_addr, pids(&stunnel_i)), (ours_i_addr, pids(&ours_i))];
+    let floor_i = match &floor {
+        Some(_) => Some(socat_pair(iperf_backend, false)?),
+        None => None,
+    };
+    if let Some((_, addr)) = &floor_i {
+        // socat forks a relay per connection: its CPU is not the listening process's.
+        iperf_paths.push((*addr, vec![]));
+    }
     let mut results: Vec<Figures> = vec![Figures::default(); paths.len()];
     for rep in 0..s.reps {
         for (i, (name, addr)) in paths.iter().enumerate() {
@@ -129,6 +158,17 @@ fn main() -> anyhow::Result<()> {
             f.bulk4_mib_s.push(
                 bulk_streams(*addr, s.bulk_bytes / 4, 4).with_context(|| format!("{name}: 4 streams"))?,
             );
+            let (iperf_addr, tunnel_pids) = &iperf_paths[i];
+            let ticks = cpu_ticks(tunnel_pids);
+            f.iperf_up_mib_s
+                .push(iperf(*iperf_addr, s.iperf_bytes, false).with_context(|| format!("{name}: iperf3"))?);
+            f.iperf_down_mib_s
+                .push(iperf(*iperf_addr, s.iperf_bytes, true).with_context(|| format!("{name}: iperf3 -R"))?);
+            if !tunnel_pids.is_empty() {
+                // USER_HZ is 100 on Linux; two transfers of iperf_bytes each.
+                let gib = 2.0 * s.iperf_bytes as f64 / f64::from(1u32 << 30);
+                f.cpu_s_per_gib.push((cpu_ticks(tunnel_pids) - ticks) as f64 / 100.0 / gib);
+            }
             let (p50, p99) = latency(*addr, s.latency_rounds).with_context(|| format!("{name}: latency"))?;
             f.p50_us.push(p50);
             f.p99_us.push(p99);
@@ -145,7 +185,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("rep {rep}: {name} done");
         }
     }
-    drop((floor, floor1, stunnel1, ours1));
+    drop((floor, floor1, stunnel1, ours1, floor_i, stunnel_i, ours_i));
     // Memory: the two processes of each tunnel, holding `idle_tunnels` open idle tunnels.
     results[1].rss_kib_per_tunnel = Some(rss_per_tunnel(&stunnel, stunnel_addr, s.idle_tunnels)?);
     results[2].rss_kib_per_tunnel = Some(rss_per_tunnel(&ours, ours_addr, s.idle_tunnels)?);
@@ -213,6 +253,47 @@ fn bulk_streams(addr: SocketAddr, bytes: usize, streams: usize) -> anyhow::Resul
         w.join().map_err(|_| anyhow::anyhow!("stream panicked"))??;
     }
     Ok((bytes * streams) as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// iperf3 sending `bytes` one way through `addr` (`reverse`: from the server's side); MiB/s as the
+/// receiver counted it.
+fn iperf(addr: SocketAddr, bytes: usize, reverse: bool) -> anyhow::Result<f64> {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "300",
+        "iperf3",
+        "-J",
+        "-c",
+        "127.0.0.1",
+        "-p",
+        &addr.port().to_string(),
+        "-n",
+        &bytes.to_string(),
+    ]);
+    if reverse {
+        cmd.arg("-R");
+    }
+    let out = cmd.output().context("iperf3 (apt-get install iperf3)")?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let bits = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("iperf3: no received rate in its report: {}", json["error"]))?;
+    Ok(bits / 8.0 / f64::from(1u32 << 20))
+}
+
+/// User + system clock ticks (USER_HZ) the processes `pids` have used so far, all threads.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            num(11) + num(12)
+        })
+        .sum()
 }
 
 /// nfs-ganesha serving a file and a tree; `nfs-cat` and `nfs-ls -R` timed through each path.
@@ -338,17 +419,20 @@ fn report(
     };
     println!("{cpu}, {cores} cores, {} repetitions; medians (min-max)\n", s.reps);
     println!(
-        "| path | bulk MiB/s, 1 stream | bulk MiB/s, 4 streams | added p50 us | added p99 us | p50 us | p99 us | added p50 / p99 us, one CPU | conn/s | RSS KiB per idle tunnel | nfs-cat {} MiB s | nfs-ls -R {} files s |",
+        "| path | bulk MiB/s, 1 stream | bulk MiB/s, 4 streams | iperf3 up / down MiB/s | CPU s per GiB | added p50 us | added p99 us | p50 us | p99 us | added p50 / p99 us, one CPU | conn/s | RSS KiB per idle tunnel | nfs-cat {} MiB s | nfs-ls -R {} files s |",
         s.nfs_file_mib, s.nfs_tree_files
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut json = serde_json::Map::new();
     for (i, name) in names.iter().enumerate() {
         let f = &r[i];
         println!(
-            "| {name} | {} | {} | {:.0} | {:.0} | {} | {} | {:.0} / {:.0} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} / {} | {} | {:.0} | {:.0} | {} | {} | {:.0} / {:.0} | {} | {} | {} | {} |",
             opt(&f.bulk_mib_s, 0),
             opt(&f.bulk4_mib_s, 0),
+            opt(&f.iperf_up_mib_s, 0),
+            opt(&f.iperf_down_mib_s, 0),
+            opt(&f.cpu_s_per_gib, 2),
             med(&f.p50_us) - med(&r[0].p50_us),
             med(&f.p99_us) - med(&r[0].p99_us),
             opt(&f.p50_us, 0),
@@ -365,6 +449,8 @@ fn report(
             (*name).to_owned(),
             serde_json::json!({
                 "bulk_mib_s": m(&f.bulk_mib_s), "bulk4_mib_s": m(&f.bulk4_mib_s),
+                "iperf_up_mib_s": m(&f.iperf_up_mib_s), "iperf_down_mib_s": m(&f.iperf_down_mib_s),
+                "cpu_s_per_gib": m(&f.cpu_s_per_gib),
                 "p50_us": m(&f.p50_us), "p99_us": m(&f.p99_us),
                 "p50_one_cpu_us": m(&f.p50_one_cpu_us), "p99_one_cpu_us": m(&f.p99_one_cpu_us), "conns_per_s": m(&f.conns_per_s),
                 "rss_kib_per_tunnel": f.rss_kib_per_tunnel, "nfs_cat_s": m(&f.nfs_cat_s), "nfs_ls_s": m(&f.nfs_ls_s),
@@ -381,6 +467,8 @@ fn report(
     let targets = [
         ("bulk, 1 stream (>= 2x)", ratio(med(&o.bulk_mib_s), med(&st.bulk_mib_s)), 2.0, true),
         ("bulk, 4 streams (>= 2x)", ratio(med(&o.bulk4_mib_s), med(&st.bulk4_mib_s)), 2.0, true),
+        ("bulk, iperf3 up (>= 2x)", ratio(med(&o.iperf_up_mib_s), med(&st.iperf_up_mib_s)), 2.0, true),
+        ("bulk, iperf3 down (>= 2x)", ratio(med(&o.iperf_down_mib_s), med(&st.iperf_down_mib_s)), 2.0, true),
         (
             "added latency p50 (<= 0.5x)",
             ratio(added(o, d, |f| &f.p50_us), added(st, d, |f| &f.p50_us)),
@@ -435,6 +523,9 @@ fn report(
         );
         verdicts.insert(what.to_owned(), serde_json::json!({ "ratio": x, "met": met }));
     }
+    let cpu_ratio = ratio(med(&o.cpu_s_per_gib), med(&st.cpu_s_per_gib));
+    println!("- CPU of both tunnel processes per GiB through iperf3: x{cpu_ratio:.2} (no target)");
+    verdicts.insert("CPU per GiB".to_owned(), serde_json::json!({ "ratio": cpu_ratio }));
     if !nfs_note.is_empty() {
         println!("\n{nfs_note}");
     }
