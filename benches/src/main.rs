@@ -111,25 +111,18 @@ fn main() -> anyhow::Result<()> {
         })?;
     }
     let echo = echo_server()?;
-    let (stunnel, stunnel_addr) = stunnel_pair(pki, "echo", echo, false)?;
-    let (ours, ours_addr) = our_pair(&proxy_bin, pki, "echo", echo, false)?;
-    let mut paths = vec![("direct", echo), ("stunnel", stunnel_addr), ("nfs-tls-proxy", ours_addr)];
     // The floor of any two-process relay on this machine: two plain socat relays, no TLS at all.
-    let floor = socat_pair(echo, false).map_err(|e| eprintln!("!!! no socat floor: {e:#}")).ok();
-    if let Some((_, addr)) = &floor {
-        paths.push(("relay floor (2x socat, no TLS)", *addr));
+    let floor = Command::new("socat").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !floor {
+        eprintln!("!!! no socat floor: socat not found (apt-get install socat)");
     }
+    let mut names = vec!["direct", "stunnel", "nfs-tls-proxy"];
+    if floor {
+        names.push("relay floor (2x socat, no TLS)");
+    }
+    let echo_paths = tunnels(&proxy_bin, pki, "echo", echo, false, floor)?;
     // The same paths started on CPU 0 only, as on a one-core host, for the latency probe on one CPU.
-    let (stunnel1, stunnel1_addr) = stunnel_pair(pki, "echo1", echo, true)?;
-    let (ours1, ours1_addr) = our_pair(&proxy_bin, pki, "echo1", echo, true)?;
-    let mut one_cpu_addrs = vec![echo, stunnel1_addr, ours1_addr];
-    let floor1 = match &floor {
-        Some(_) => Some(socat_pair(echo, true)?),
-        None => None,
-    };
-    if let Some((_, addr)) = &floor1 {
-        one_cpu_addrs.push(*addr);
-    }
+    let one_cpu_paths = tunnels(&proxy_bin, pki, "echo1", echo, true, floor)?;
     // One-way bulk: iperf3 behind the same kinds of paths.
     let iperf_port = free_port()?;
     let _iperf_server =
@@ -137,37 +130,32 @@ fn main() -> anyhow::Result<()> {
             .context("iperf3 (apt-get install iperf3)")?;
     let iperf_backend: SocketAddr = format!("127.0.0.1:{iperf_port}").parse()?;
     wait_port(iperf_backend)?;
-    let (stunnel_i, stunnel_i_addr) = stunnel_pair(pki, "iperf", iperf_backend, false)?;
-    let (ours_i, ours_i_addr) = our_pair(&proxy_bin, pki, "iperf", iperf_backend, false)?;
+    let iperf_paths = tunnels(&proxy_bin, pki, "iperf", iperf_backend, false, floor)?;
     let pids = |guards: &[Guard]| guards.iter().map(|g| g.0.id()).collect::<Vec<u32>>();
-    let mut iperf_paths =
-        vec![(iperf_backend, vec![]), (stunnel_i_addr, pids(&stunnel_i)), (ours_i_addr, pids(&ours_i))];
-    let floor_i = match &floor {
-        Some(_) => Some(socat_pair(iperf_backend, false)?),
-        None => None,
-    };
-    if let Some((_, addr)) = &floor_i {
-        // socat forks a relay per connection: its CPU is not the listening process's.
-        iperf_paths.push((*addr, vec![]));
-    }
+    // Whose CPU is counted per GiB: the two tunnels' processes (socat forks a relay per connection,
+    // so its CPU is not the listening process's).
+    let tunnel_pids = [vec![], pids(&iperf_paths.stunnel.0), pids(&iperf_paths.ours.0), vec![]];
+    let (paths, one_cpu_addrs, iperf_addrs) =
+        (echo_paths.addrs(echo), one_cpu_paths.addrs(echo), iperf_paths.addrs(iperf_backend));
     let mut results: Vec<Figures> = vec![Figures::default(); paths.len()];
     for rep in 0..s.reps {
-        for (i, (name, addr)) in paths.iter().enumerate() {
+        for (i, (name, addr)) in names.iter().zip(&paths).enumerate() {
             let f = &mut results[i];
             f.bulk_mib_s.push(bulk(*addr, s.bulk_bytes).with_context(|| format!("{name}: bulk"))?);
             f.bulk4_mib_s.push(
                 bulk_streams(*addr, s.bulk_bytes / 4, 4).with_context(|| format!("{name}: 4 streams"))?,
             );
-            let (iperf_addr, tunnel_pids) = &iperf_paths[i];
-            let ticks = cpu_ticks(tunnel_pids);
-            f.iperf_up_mib_s
-                .push(iperf(*iperf_addr, s.iperf_bytes, false).with_context(|| format!("{name}: iperf3"))?);
-            f.iperf_down_mib_s
-                .push(iperf(*iperf_addr, s.iperf_bytes, true).with_context(|| format!("{name}: iperf3 -R"))?);
-            if !tunnel_pids.is_empty() {
+            let ticks = cpu_ticks(&tunnel_pids[i]);
+            f.iperf_up_mib_s.push(
+                iperf(iperf_addrs[i], s.iperf_bytes, false).with_context(|| format!("{name}: iperf3"))?,
+            );
+            f.iperf_down_mib_s.push(
+                iperf(iperf_addrs[i], s.iperf_bytes, true).with_context(|| format!("{name}: iperf3 -R"))?,
+            );
+            if !tunnel_pids[i].is_empty() {
                 // USER_HZ is 100 on Linux; two transfers of iperf_bytes each.
                 let gib = 2.0 * s.iperf_bytes as f64 / f64::from(1u32 << 30);
-                f.cpu_s_per_gib.push((cpu_ticks(tunnel_pids) - ticks) as f64 / 100.0 / gib);
+                f.cpu_s_per_gib.push((cpu_ticks(&tunnel_pids[i]) - ticks) as f64 / 100.0 / gib);
             }
             let (p50, p99) = latency(*addr, s.latency_rounds).with_context(|| format!("{name}: latency"))?;
             f.p50_us.push(p50);
@@ -185,10 +173,11 @@ fn main() -> anyhow::Result<()> {
             eprintln!("rep {rep}: {name} done");
         }
     }
-    drop((floor, floor1, stunnel1, ours1, floor_i, stunnel_i, ours_i));
+    drop((one_cpu_paths, iperf_paths, echo_paths.floor));
     // Memory: the two processes of each tunnel, holding `idle_tunnels` open idle tunnels.
-    results[1].rss_kib_per_tunnel = Some(rss_per_tunnel(&stunnel, stunnel_addr, s.idle_tunnels)?);
-    results[2].rss_kib_per_tunnel = Some(rss_per_tunnel(&ours, ours_addr, s.idle_tunnels)?);
+    let (stunnel, ours) = (echo_paths.stunnel, echo_paths.ours);
+    results[1].rss_kib_per_tunnel = Some(rss_per_tunnel(&stunnel.0, stunnel.1, s.idle_tunnels)?);
+    results[2].rss_kib_per_tunnel = Some(rss_per_tunnel(&ours.0, ours.1, s.idle_tunnels)?);
     drop((stunnel, ours));
     // Real NFS: nfs-ganesha behind each path.
     let nfs_note = match nfs(&proxy_bin, pki, &s, &mut results) {
@@ -199,7 +188,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let suites = negotiated(pki)?;
-    report(&paths.iter().map(|p| p.0).collect::<Vec<_>>(), &results, &root, &s, &suites, &nfs_note)
+    report(&names, &results, &root, &s, &suites, &nfs_note)
 }
 
 /// 1000 idle tunnels need more than the usual 1024 descriptors in this process and in the proxies
@@ -460,6 +449,9 @@ fn report(
     let (st, o, d) = (&r[1], &r[2], &r[0]);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     let added = |f: &Figures, d: &Figures, p: fn(&Figures) -> &Vec<f64>| med(p(f)) - med(p(d));
+    // Latency added over direct, ours against stunnel's; lower is better, target half.
+    let latency_target =
+        |what, p: fn(&Figures) -> &Vec<f64>| (what, ratio(added(o, d, p), added(st, d, p)), 0.5, false);
     println!("\nTLS: stunnel {}, nfs-tls-proxy {}", suites.0, suites.1);
     if suites.0 != suites.1 {
         println!("!!! the two tunnels negotiated different suites; the comparison is not like for like");
@@ -469,30 +461,10 @@ fn report(
         ("bulk, 4 streams (>= 2x)", ratio(med(&o.bulk4_mib_s), med(&st.bulk4_mib_s)), 2.0, true),
         ("bulk, iperf3 up (>= 2x)", ratio(med(&o.iperf_up_mib_s), med(&st.iperf_up_mib_s)), 2.0, true),
         ("bulk, iperf3 down (>= 2x)", ratio(med(&o.iperf_down_mib_s), med(&st.iperf_down_mib_s)), 2.0, true),
-        (
-            "added latency p50 (<= 0.5x)",
-            ratio(added(o, d, |f| &f.p50_us), added(st, d, |f| &f.p50_us)),
-            0.5,
-            false,
-        ),
-        (
-            "added latency p99 (<= 0.5x)",
-            ratio(added(o, d, |f| &f.p99_us), added(st, d, |f| &f.p99_us)),
-            0.5,
-            false,
-        ),
-        (
-            "added latency p50, all on one CPU (<= 0.5x)",
-            ratio(added(o, d, |f| &f.p50_one_cpu_us), added(st, d, |f| &f.p50_one_cpu_us)),
-            0.5,
-            false,
-        ),
-        (
-            "added latency p99, all on one CPU (<= 0.5x)",
-            ratio(added(o, d, |f| &f.p99_one_cpu_us), added(st, d, |f| &f.p99_one_cpu_us)),
-            0.5,
-            false,
-        ),
+        latency_target("added latency p50 (<= 0.5x)", |f| &f.p50_us),
+        latency_target("added latency p99 (<= 0.5x)", |f| &f.p99_us),
+        latency_target("added latency p50, all on one CPU (<= 0.5x)", |f| &f.p50_one_cpu_us),
+        latency_target("added latency p99, all on one CPU (<= 0.5x)", |f| &f.p99_one_cpu_us),
         ("connections/s (>= 1.5x)", ratio(med(&o.conns_per_s), med(&st.conns_per_s)), 1.5, true),
         (
             "RSS per idle tunnel (<= 0.5x)",
@@ -609,6 +581,37 @@ fn die_with_us(cmd: &mut Command) -> &mut Command {
 #[cfg(not(target_os = "linux"))]
 fn die_with_us(cmd: &mut Command) -> &mut Command {
     cmd
+}
+
+/// The tunnels measured in front of one backend, each its processes and its listening address.
+struct Tunnels {
+    stunnel: (Vec<Guard>, SocketAddr),
+    ours: (Vec<Guard>, SocketAddr),
+    floor: Option<(Vec<Guard>, SocketAddr)>,
+}
+
+impl Tunnels {
+    /// The paths in report order: direct (the backend itself), stunnel, ours, the relay floor.
+    fn addrs(&self, backend: SocketAddr) -> Vec<SocketAddr> {
+        [backend, self.stunnel.1, self.ours.1].into_iter().chain(self.floor.as_ref().map(|f| f.1)).collect()
+    }
+}
+
+/// stunnel's pair, ours and (with `floor`) two socat relays in front of `backend`, all started on
+/// CPU 0 only when `cpu0`.
+fn tunnels(
+    bin: &Path,
+    pki: &Path,
+    tag: &str,
+    backend: SocketAddr,
+    cpu0: bool,
+    floor: bool,
+) -> anyhow::Result<Tunnels> {
+    Ok(Tunnels {
+        stunnel: stunnel_pair(pki, tag, backend, cpu0)?,
+        ours: our_pair(bin, pki, tag, backend, cpu0)?,
+        floor: if floor { Some(socat_pair(backend, cpu0)?) } else { None },
+    })
 }
 
 /// Two chained plain-TCP socat relays in front of `backend`.

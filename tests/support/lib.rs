@@ -265,8 +265,7 @@ pub async fn tls_over(
     if alpn {
         config.alpn_protocols = vec![b"sunrpc".to_vec()];
     }
-    let name = rustls::pki_types::ServerName::try_from(SERVER).expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+    handshake(config, tcp).await
 }
 
 /// A TLS connection straight to a server proxy with a client configuration of the test's own.
@@ -274,7 +273,14 @@ pub async fn tls_connect_with(
     config: rustls::ClientConfig,
     server: SocketAddr,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(server).await?;
+    handshake(config, TcpStream::connect(server).await?).await
+}
+
+/// The client side of a TLS handshake with the server proxy (named [`SERVER`]) over `tcp`.
+async fn handshake(
+    config: rustls::ClientConfig,
+    tcp: TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let name = rustls::pki_types::ServerName::try_from(SERVER).expect("name");
     tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
 }
