@@ -11,9 +11,12 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use x509_parser::prelude::{FromDer, X509Certificate};
+
 use crate::fsutil::{self, write_atomic};
-use crate::index::{CertKind, Entry, Index, IndexError};
+use crate::index::{CaOrigin, CaRecord, CertKind, Entry, Index, IndexError};
 use crate::inspect::hex_upper;
+use crate::keys::{self, KeyError};
 use crate::pem::PemError;
 
 pub const CA_CERT: &str = "ca-cert.pem";
@@ -44,7 +47,7 @@ pub enum CaError {
     NoCa(PathBuf),
     #[error("{0} already exists; pass --force to overwrite it")]
     Exists(PathBuf),
-    #[error("invalid name {0:?}: a name must be a DNS label (letters, digits and '-', 1 to 63 characters, not starting or ending with '-')")]
+    #[error("invalid name {0:?}: a name must be a DNS name (labels of letters, digits and '-', 1 to 63 characters, not starting or ending with '-', joined by dots; at most 64 characters in all, no trailing dot)")]
     InvalidName(String),
     #[error("invalid --dns {0:?}: not a DNS name")]
     InvalidDns(String),
@@ -52,6 +55,24 @@ pub enum CaError {
     UnknownName { name: String, dir: PathBuf },
     #[error("{0:?} is already revoked")]
     AlreadyRevoked(String),
+    #[error("{name:?} has no serial {serial} in {index}", index = .dir.join(crate::index::FILE_NAME).display())]
+    UnknownSerial { name: String, serial: String, dir: PathBuf },
+    #[error("{name:?} has no certificate in force to renew (all revoked); issue a new one with `ca-tool issue {name}`")]
+    NothingToRenew { name: String },
+    #[error("{path}: holds serial {found}, but the certificate of {name:?} in force is serial {expected}; --keep-key needs the current certificate there")]
+    StaleCertFile { path: PathBuf, name: String, found: String, expected: String },
+    #[error("{path}: not a CA certificate: {why}")]
+    NotACa { path: PathBuf, why: String },
+    #[error("{path}: was not issued by the CA in {ca} ({why})", ca = .ca.display())]
+    NotOurs { path: PathBuf, ca: PathBuf, why: String },
+    #[error("{path}: the certificate has no CN and no DNS name to list it under")]
+    NoName { path: PathBuf },
+    #[error("{dir} already holds a different CA ({CA_CERT}); pass --force to replace it (its certificates will no longer verify)", dir = .0.display())]
+    OtherCa(PathBuf),
+    #[error("{path}: cannot use this CA's subject name: {why}")]
+    Subject { path: PathBuf, why: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("{key} does not match {cert}")]
     KeyMismatch { key: PathBuf, cert: PathBuf },
     #[error("{path} is not a directory")]
@@ -93,6 +114,8 @@ pub struct Issued {
     pub combined: Option<PathBuf>,
     pub serial: String,
     pub not_after: OffsetDateTime,
+    /// Serials of the same name this one superseded.
+    pub superseded: Vec<String>,
 }
 
 impl CertKind {
@@ -131,6 +154,48 @@ impl CertKind {
     }
 }
 
+/// What to renew: the certificate in force for `name`, again, for another `days`.
+#[derive(Debug, Clone)]
+pub struct RenewRequest {
+    pub name: String,
+    pub days: u32,
+    /// Certify the public key of the current certificate again instead of making a new key.
+    pub keep_key: bool,
+    /// Also write `NAME-stunnel.pem` (it is rewritten anyway when it exists).
+    pub combined: bool,
+}
+
+/// What `import` adopted.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub subject: String,
+    /// X.509 version of the CA certificate (1 for a v1 self-signed root).
+    pub version: u32,
+    /// (name, serial, file) of every legacy leaf added to the index.
+    pub leaves: Vec<(String, String, PathBuf)>,
+    /// Leaves whose serial the index already held.
+    pub skipped: Vec<PathBuf>,
+    pub crl: PathBuf,
+}
+
+/// The CA loaded for signing: the rcgen issuer plus what it needs from the certificate.
+struct LoadedCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: Vec<u8>,
+    /// How this CA names its key (its SubjectKeyIdentifier when it has one), for the
+    /// AuthorityKeyIdentifier of the CRLs it signs.
+    key_id: KeyIdMethod,
+    /// Whether the CA certificate has a SubjectKeyIdentifier (a v1 root has none, and then its
+    /// leaves carry no AuthorityKeyIdentifier either: there is nothing for it to match).
+    has_ski: bool,
+}
+
+/// The public key of a leaf: new, or kept from the certificate being renewed.
+enum LeafKey {
+    New(Box<KeyPair>),
+    Kept { spki: rcgen::SubjectPublicKeyInfo, private_pem: Option<String> },
+}
+
 /// A CA directory.
 #[derive(Debug, Clone)]
 pub struct CaDir {
@@ -140,6 +205,10 @@ pub struct CaDir {
 impl CaDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -158,7 +227,6 @@ impl CaDir {
         self.path(&format!("{name}-stunnel.pem"))
     }
 
-    /// Creates the CA: key, self-signed certificate, empty index and an empty signed CRL.
     /// Takes the CA directory's lock (`.ca-tool.lock`, flock) for a command that changes it, so two
     /// ca-tool runs cannot interleave their index and CRL updates. Fails at once if it is held.
     pub fn lock(&self) -> Result<CaLock, CaError> {
@@ -178,7 +246,7 @@ impl CaDir {
         if self.dir.exists() && !self.dir.is_dir() {
             return Err(CaError::NotADirectory { path: self.dir.clone() });
         }
-        std::fs::create_dir_all(&self.dir).map_err(|source| CaError::Lock { path: path.clone(), source })?;
+        self.create_private_dir().map_err(|source| CaError::Lock { path: path.clone(), source })?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -192,6 +260,25 @@ impl CaDir {
         }
     }
 
+    /// Creates the CA directory (and missing parents) with mode 0700: it holds the CA key.
+    fn create_private_dir(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        std::fs::DirBuilder::new().recursive(true).mode(fsutil::PRIVATE_DIR).create(&self.dir)
+    }
+
+    /// Makes the CA directory 0700 (init and import: whatever it was before, it now holds a CA key).
+    fn restrict_dir(&self) -> Result<(), CaError> {
+        use std::os::unix::fs::PermissionsExt;
+        self.create_private_dir().map_err(|source| CaError::Io { path: self.dir.clone(), source })?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(fsutil::PRIVATE_DIR))
+            .map_err(|source| CaError::Io { path: self.dir.clone(), source })
+    }
+
+    /// Creates the CA: key, self-signed certificate, empty index and an empty signed CRL. The
+    /// directory is made mode 0700.
     pub fn init(&self, common_name: &str, days: u32, force: bool) -> Result<PathBuf, CaError> {
         let (cert_path, key_path) = (self.path(CA_CERT), self.path(CA_KEY));
         if self.dir.exists() && !self.dir.is_dir() {
@@ -216,30 +303,138 @@ impl CaDir {
             .self_signed(&key)
             .map_err(|source| CaError::Sign { what: "CA certificate".into(), source })?;
 
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|source| CaError::Io { path: self.dir.clone(), source })?;
+        self.restrict_dir()?;
         // Key first: a crash after it leaves a key without a certificate, which `init --force` redoes.
         self.write(&key_path, key.serialize_pem().as_bytes(), fsutil::SECRET, force)?;
         self.write(&cert_path, cert.pem().as_bytes(), fsutil::PUBLIC, force)?;
         // A new CA starts with a fresh index; a replaced CA's old leaves no longer chain to it.
-        Index::default().save(&self.dir)?;
+        let index = Index {
+            ca: Some(CaRecord {
+                origin: CaOrigin::Init,
+                subject: format!("CN={common_name}"),
+                sha256: crate::inspect::sha256_hex(cert.der()),
+                recorded_at: now,
+                imported_from: None,
+            }),
+            ..Index::default()
+        };
+        index.save(&self.dir)?;
         self.sign_crl(CRL_DAYS)?;
         Ok(cert_path)
     }
 
-    /// Issues a leaf certificate and its key.
+    /// Adopts a CA made elsewhere (e.g. `openssl req -new -x509`): checks that `cert` is a CA and
+    /// `key` its key, that this CA's name and key can be used to sign, copies both in (the key as
+    /// PKCS#8, mode 0600), records it in the index, adds `leaves` it signed as `legacy` entries
+    /// (`server_leaves` as server certificates when they carry no EKU saying so) and signs the CRL.
+    ///
+    /// Importing the same CA again only adds leaves; a different CA needs `force`.
+    ///
+    /// What counts as a CA: a v3 certificate with basicConstraints CA:TRUE (what `openssl req -x509`
+    /// writes with the stock openssl.cnf), or a v1/v2 certificate that is self-signed (what it wrote
+    /// with a config lacking `x509_extensions`). A v1 certificate cannot carry basicConstraints at
+    /// all, and both OpenSSL and rustls take a v1 self-signed certificate as a trust anchor, so
+    /// refusing it would strand exactly the setups `import` exists for; a v1 certificate signed by
+    /// someone else is a leaf and is refused. With a keyUsage extension, keyCertSign and cRLSign
+    /// must both be in it: without cRLSign no CRL this CA signs would be accepted, and ca-tool's
+    /// revocation is CRLs.
+    pub fn import(
+        &self,
+        cert: &Path,
+        key: &Path,
+        leaves: &[PathBuf],
+        server_leaves: &[PathBuf],
+        force: bool,
+    ) -> Result<Imported, CaError> {
+        if self.dir.exists() && !self.dir.is_dir() {
+            return Err(CaError::NotADirectory { path: self.dir.clone() });
+        }
+        // Everything is read and checked first.
+        let cert_der = crate::pem::load_certs(cert)?.remove(0).to_vec();
+        let (version, subject) = check_ca_cert(cert, &cert_der)?;
+        let x = parse_cert(cert, &cert_der)?;
+        let signing_key = keys::load_signing_key(key, x.public_key().raw)?;
+        if signing_key.public_key_raw() != x.public_key().subject_public_key.data.as_ref() {
+            return Err(CaError::KeyMismatch { key: key.to_owned(), cert: cert.to_owned() });
+        }
+        let key_pem = signing_key.serialize_pem();
+        let loaded = LoadedCa::new(cert, cert_der.clone(), signing_key)?;
+        loaded.check_can_sign(cert)?;
+
+        let existing = self.path(CA_CERT);
+        let same_ca = match crate::pem::load_certs(&existing) {
+            Ok(certs) => certs.first().is_some_and(|c| c.as_ref() == cert_der.as_slice()),
+            Err(_) => false,
+        };
+        if !same_ca && !force && (existing.exists() || self.path(CA_KEY).exists()) {
+            return Err(CaError::OtherCa(self.dir.clone()));
+        }
+        let mut index = if same_ca { Index::load(&self.dir)? } else { Index::default() };
+        let mut new_leaves = Vec::new();
+        let mut skipped = Vec::new();
+        let all_leaves = leaves.iter().map(|p| (p, false)).chain(server_leaves.iter().map(|p| (p, true)));
+        for (path, server) in all_leaves {
+            for der in crate::pem::load_certs(path)? {
+                let entry = legacy_entry(path, der.as_ref(), &x, server)?;
+                if index.by_serial(&entry.serial).is_some()
+                    || new_leaves.iter().any(|(e, _): &(Entry, PathBuf)| e.serial == entry.serial)
+                {
+                    skipped.push(path.clone());
+                    continue;
+                }
+                new_leaves.push((entry, path.clone()));
+            }
+        }
+
+        // Then written: directory, key, certificate, index, CRL.
+        self.restrict_dir()?;
+        let now = now_seconds();
+        self.write(&self.path(CA_KEY), key_pem.as_bytes(), fsutil::SECRET, true)?;
+        self.write(
+            &self.path(CA_CERT),
+            pem_encode("CERTIFICATE", &cert_der).as_bytes(),
+            fsutil::PUBLIC,
+            true,
+        )?;
+        if !same_ca || index.ca.is_none() {
+            index.ca = Some(CaRecord {
+                origin: CaOrigin::Import,
+                subject: subject.clone(),
+                sha256: crate::inspect::sha256_hex(&cert_der),
+                recorded_at: now,
+                imported_from: Some(std::fs::canonicalize(cert).unwrap_or_else(|_| cert.to_owned())),
+            });
+        }
+        let leaves_out =
+            new_leaves.iter().map(|(e, p)| (e.name.clone(), e.serial.clone(), p.clone())).collect();
+        index.certs.extend(new_leaves.into_iter().map(|(e, _)| e));
+        index.save(&self.dir)?;
+        let crl = self.sign_crl(CRL_DAYS)?;
+        Ok(Imported { subject, version, leaves: leaves_out, skipped, crl })
+    }
+
+    /// Issues a leaf certificate and its key. Earlier certificates for the same name that are still
+    /// in force are marked superseded (not revoked).
     pub fn issue(&self, req: &LeafRequest) -> Result<Issued, CaError> {
-        if !is_dns_label(&req.name) {
+        self.issue_with(req, None)
+    }
+
+    fn issue_with(&self, req: &LeafRequest, kept: Option<LeafKey>) -> Result<Issued, CaError> {
+        if !is_host_name(&req.name) {
             return Err(CaError::InvalidName(req.name.clone()));
         }
         if let Some(bad) = req.dns.iter().find(|d| !is_dns_name(d)) {
             return Err(CaError::InvalidDns(bad.clone()));
         }
-        let (issuer, _) = self.load_issuer()?;
+        let ca = self.load_ca()?;
         let mut index = Index::load(&self.dir)?;
         let (cert_path, key_path, combined_path) =
             (self.cert_path(&req.name), self.key_path(&req.name), self.combined_path(&req.name));
-        let mut outputs = vec![&cert_path, &key_path];
+        let writes_key = !matches!(kept, Some(LeafKey::Kept { .. }));
+        let mut outputs = vec![&cert_path];
+        if writes_key {
+            outputs.push(&key_path);
+        }
         if req.combined {
             outputs.push(&combined_path);
         }
@@ -252,20 +447,33 @@ impl CaDir {
         let serial = loop {
             let s = random_serial();
             let hex = hex_upper(&s);
-            if !index.certs.iter().any(|e| e.serial == hex) {
+            if index.by_serial(&hex).is_none() {
                 break s;
             }
         };
         let now = now_seconds();
-        let params = req.kind.params(req, &serial, now)?;
-        let key = new_key()?;
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|source| CaError::Sign { what: format!("certificate for {}", req.name), source })?;
+        let mut params = req.kind.params(req, &serial, now)?;
+        params.use_authority_key_identifier_extension = ca.has_ski;
+        let key = match kept {
+            Some(k) => k,
+            None => LeafKey::New(Box::new(new_key()?)),
+        };
+        let what = || format!("certificate for {}", req.name);
+        let cert = match &key {
+            LeafKey::New(k) => params.signed_by(k.as_ref(), &ca.issuer),
+            LeafKey::Kept { spki, .. } => params.signed_by(spki, &ca.issuer),
+        }
+        .map_err(|source| CaError::Sign { what: what(), source })?;
+        ca.check_issued(&self.path(CA_CERT), cert.der())?;
 
         // The index first: a crash after it leaves a known serial without files, which a later
         // `issue` simply writes, and `revoke` can still revoke.
         let serial_hex = hex_upper(&serial);
+        let mut superseded = Vec::new();
+        for e in index.certs.iter_mut().filter(|e| e.name == req.name && e.is_current()) {
+            e.superseded_at = Some(now);
+            superseded.push(e.serial.clone());
+        }
         index.certs.push(Entry {
             name: req.name.clone(),
             kind: req.kind,
@@ -273,18 +481,30 @@ impl CaDir {
             not_before: params.not_before,
             not_after: params.not_after,
             revoked_at: None,
+            superseded_at: None,
+            legacy: false,
+            dns: if req.kind == CertKind::Server { req.dns.clone() } else { Vec::new() },
+            ips: if req.kind == CertKind::Server { req.ips.clone() } else { Vec::new() },
         });
         index.save(&self.dir)?;
-        let key_pem = key.serialize_pem();
+        let key_pem = match &key {
+            LeafKey::New(k) => Some(k.serialize_pem()),
+            LeafKey::Kept { private_pem, .. } => private_pem.clone(),
+        };
         let cert_pem = cert.pem();
-        self.write(&key_path, key_pem.as_bytes(), fsutil::SECRET, req.force)?;
+        if writes_key {
+            if let Some(k) = &key_pem {
+                self.write(&key_path, k.as_bytes(), fsutil::SECRET, req.force)?;
+            }
+        }
         self.write(&cert_path, cert_pem.as_bytes(), fsutil::PUBLIC, req.force)?;
-        let combined = if req.combined {
-            let both = format!("{cert_pem}{key_pem}");
-            self.write(&combined_path, both.as_bytes(), fsutil::SECRET, req.force)?;
-            Some(combined_path)
-        } else {
-            None
+        let combined = match (&key_pem, req.combined) {
+            (Some(k), true) => {
+                let both = format!("{cert_pem}{k}");
+                self.write(&combined_path, both.as_bytes(), fsutil::SECRET, req.force)?;
+                Some(combined_path)
+            }
+            _ => None,
         };
         Ok(Issued {
             cert: cert_path,
@@ -292,24 +512,108 @@ impl CaDir {
             combined,
             serial: serial_hex,
             not_after: params.not_after,
+            superseded,
         })
+    }
+
+    /// Issues a fresh certificate for `name` with the kind and names of the one in force, and marks
+    /// that one superseded. A new key unless `keep_key`; `NAME-stunnel.pem` is rewritten when it
+    /// exists (or with `combined`).
+    pub fn renew(&self, req: &RenewRequest) -> Result<Issued, CaError> {
+        let index = Index::load(&self.dir)?;
+        if !index.certs.iter().any(|e| e.name == req.name) {
+            return Err(CaError::UnknownName { name: req.name.clone(), dir: self.dir.clone() });
+        }
+        let current = index
+            .current(&req.name)
+            .max_by_key(|e| e.not_before)
+            .ok_or_else(|| CaError::NothingToRenew { name: req.name.clone() })?
+            .clone();
+        let combined = req.combined || self.combined_path(&req.name).exists();
+        let kept = if req.keep_key {
+            let cert_path = self.cert_path(&req.name);
+            let der = crate::pem::load_certs(&cert_path)?.remove(0).to_vec();
+            let x = parse_cert(&cert_path, &der)?;
+            let found = hex_upper(x.raw_serial());
+            if !found.eq_ignore_ascii_case(&current.serial) {
+                return Err(CaError::StaleCertFile {
+                    path: cert_path,
+                    name: req.name.clone(),
+                    found,
+                    expected: current.serial.clone(),
+                });
+            }
+            let spki = rcgen::SubjectPublicKeyInfo::from_der(x.public_key().raw).map_err(|source| {
+                CaError::Sign { what: format!("{}: public key", cert_path.display()), source }
+            })?;
+            let private_pem = if combined {
+                let key_path = self.key_path(&req.name);
+                let key = keys::load_signing_key(&key_path, x.public_key().raw)?;
+                if key.public_key_raw() != x.public_key().subject_public_key.data.as_ref() {
+                    return Err(CaError::KeyMismatch { key: key_path, cert: cert_path });
+                }
+                Some(key.serialize_pem())
+            } else {
+                None
+            };
+            Some(LeafKey::Kept { spki, private_pem })
+        } else {
+            None
+        };
+        let leaf = LeafRequest {
+            name: req.name.clone(),
+            kind: current.kind,
+            dns: current.dns.clone(),
+            ips: current.ips.clone(),
+            days: req.days,
+            combined,
+            force: true,
+        };
+        self.issue_with(&leaf, kept)
     }
 
     /// Revokes every certificate issued under `name` and re-signs the CRL. Returns the serials.
     pub fn revoke(&self, name: &str, crl_days: u32) -> Result<Vec<String>, CaError> {
-        self.load_issuer()?;
+        self.revoke_serial(name, None, crl_days)
+    }
+
+    /// Revokes one serial of `name` (or, with `None`, every serial not yet revoked, superseded and
+    /// legacy ones included) and re-signs the CRL. Returns the serials.
+    pub fn revoke_serial(
+        &self,
+        name: &str,
+        serial: Option<&str>,
+        crl_days: u32,
+    ) -> Result<Vec<String>, CaError> {
+        self.load_ca()?;
         let mut index = Index::load(&self.dir)?;
         if !index.certs.iter().any(|e| e.name == name) {
             return Err(CaError::UnknownName { name: name.to_owned(), dir: self.dir.clone() });
         }
+        if let Some(s) = serial {
+            if !index.certs.iter().any(|e| e.name == name && e.serial.eq_ignore_ascii_case(s)) {
+                return Err(CaError::UnknownSerial {
+                    name: name.to_owned(),
+                    serial: s.to_owned(),
+                    dir: self.dir.clone(),
+                });
+            }
+        }
         let now = now_seconds();
         let mut serials = Vec::new();
-        for e in index.certs.iter_mut().filter(|e| e.name == name && e.revoked_at.is_none()) {
+        for e in index.certs.iter_mut().filter(|e| {
+            e.name == name
+                && e.revoked_at.is_none()
+                && serial.is_none_or(|s| e.serial.eq_ignore_ascii_case(s))
+        }) {
             e.revoked_at = Some(now);
             serials.push(e.serial.clone());
         }
         if serials.is_empty() {
-            return Err(CaError::AlreadyRevoked(name.to_owned()));
+            return Err(CaError::AlreadyRevoked(match serial {
+                Some(s) => format!("{name} serial {s}"),
+                None => name.to_owned(),
+            }));
         }
         // Index first (the source of truth), then the CRL; a crash between is mended by `ca-tool crl`.
         index.save(&self.dir)?;
@@ -319,7 +623,7 @@ impl CaDir {
 
     /// Signs a fresh `crl.pem` from the index, with a new CRL number and nextUpdate.
     pub fn sign_crl(&self, days: u32) -> Result<PathBuf, CaError> {
-        let (issuer, _) = self.load_issuer()?;
+        let ca = self.load_ca()?;
         let mut index = Index::load(&self.dir)?;
         let now = now_seconds();
         index.crl_number += 1;
@@ -338,10 +642,12 @@ impl CaDir {
             crl_number: SerialNumber::from(index.crl_number),
             issuing_distribution_point: None,
             revoked_certs,
-            key_identifier_method: KeyIdMethod::Sha256,
+            key_identifier_method: ca.key_id.clone(),
         };
-        let crl = params.signed_by(&issuer).map_err(|source| CaError::Sign { what: "CRL".into(), source })?;
+        let crl =
+            params.signed_by(&ca.issuer).map_err(|source| CaError::Sign { what: "CRL".into(), source })?;
         let pem = crl.pem().map_err(|source| CaError::Sign { what: "CRL".into(), source })?;
+        index.crl_signed_at = Some(now);
         index.save(&self.dir)?;
         let path = self.path(CRL);
         self.write(&path, pem.as_bytes(), fsutil::PUBLIC, true)?;
@@ -356,29 +662,19 @@ impl CaDir {
         Ok(Index::load(&self.dir)?)
     }
 
-    /// The CA as an rcgen issuer, after checking that key and certificate belong together.
-    fn load_issuer(&self) -> Result<(Issuer<'static, KeyPair>, PathBuf), CaError> {
+    /// The CA for signing, after checking that key and certificate belong together.
+    fn load_ca(&self) -> Result<LoadedCa, CaError> {
         let (cert_path, key_path) = (self.path(CA_CERT), self.path(CA_KEY));
         if !cert_path.exists() || !key_path.exists() {
             return Err(CaError::NoCa(self.dir.clone()));
         }
-        let cert = crate::pem::load_certs(&cert_path)?.remove(0);
-        let key_text = std::fs::read_to_string(&key_path)
-            .map_err(|source| CaError::Io { path: key_path.clone(), source })?;
-        let key = KeyPair::from_pem(&key_text).map_err(|source| CaError::Sign {
-            what: format!("{}: not a usable private key", key_path.display()),
-            source,
-        })?;
-        let info = x509_parser::parse_x509_certificate(&cert).map_err(|e| CaError::Sign {
-            what: format!("{}: {e}", cert_path.display()),
-            source: rcgen::Error::CouldNotParseCertificate,
-        })?;
-        if info.1.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+        let cert = crate::pem::load_certs(&cert_path)?.remove(0).to_vec();
+        let x = parse_cert(&cert_path, &cert)?;
+        let key = keys::load_signing_key(&key_path, x.public_key().raw)?;
+        if key.public_key_raw() != x.public_key().subject_public_key.data.as_ref() {
             return Err(CaError::KeyMismatch { key: key_path, cert: cert_path });
         }
-        let issuer = Issuer::from_ca_cert_der(&cert, key)
-            .map_err(|source| CaError::Sign { what: cert_path.display().to_string(), source })?;
-        Ok((issuer, cert_path))
+        LoadedCa::new(&cert_path, cert, key)
     }
 
     fn write(&self, path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<(), CaError> {
@@ -390,6 +686,179 @@ impl CaDir {
             }
         })
     }
+}
+
+impl LoadedCa {
+    fn new(cert_path: &Path, cert_der: Vec<u8>, key: KeyPair) -> Result<Self, CaError> {
+        let x = parse_cert(cert_path, &cert_der)?;
+        // rcgen rebuilds the issuer name from its parts and panics on an empty RDN: refuse first.
+        if x.subject().iter().any(|rdn| rdn.iter().next().is_none()) {
+            return Err(CaError::Subject { path: cert_path.to_owned(), why: "it has an empty RDN".into() });
+        }
+        let ski = x.iter_extensions().find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
+        });
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key).map_err(|e| CaError::Subject {
+                path: cert_path.to_owned(),
+                why: format!("{e} (multi-valued RDNs are not supported)"),
+            })?;
+        let has_ski = ski.is_some();
+        let key_id = ski.map(KeyIdMethod::PreSpecified).unwrap_or(KeyIdMethod::Sha256);
+        Ok(Self { issuer, cert_der, key_id, has_ski })
+    }
+
+    /// A certificate we signed must name the CA exactly as the CA names itself (chains are built by
+    /// comparing these bytes) and verify under its key. rcgen re-encodes the name from its parts, so
+    /// a CA subject it cannot reproduce byte for byte (e.g. the same attribute twice) is caught here.
+    fn check_issued(&self, ca_path: &Path, leaf: &[u8]) -> Result<(), CaError> {
+        let ca = parse_cert(ca_path, &self.cert_der)?;
+        let (_, leaf) = X509Certificate::from_der(leaf)
+            .map_err(|e| CaError::Subject { path: ca_path.to_owned(), why: e.to_string() })?;
+        if leaf.issuer().as_raw() != ca.subject().as_raw() {
+            return Err(CaError::Subject {
+                path: ca_path.to_owned(),
+                why: format!(
+                    "ca-tool cannot reproduce {:?} byte for byte (repeated attributes?)",
+                    ca.subject().to_string()
+                ),
+            });
+        }
+        leaf.verify_signature(Some(ca.public_key())).map_err(|e| CaError::Subject {
+            path: ca_path.to_owned(),
+            why: format!("a certificate signed with this key does not verify ({e})"),
+        })
+    }
+
+    /// Signs a throw-away leaf and checks it (import: fail before anything is written).
+    fn check_can_sign(&self, ca_path: &Path) -> Result<(), CaError> {
+        let req = LeafRequest {
+            name: "ca-tool-import-check".into(),
+            kind: CertKind::Client,
+            dns: vec![],
+            ips: vec![],
+            days: 1,
+            combined: false,
+            force: false,
+        };
+        let mut params = CertKind::Client.params(&req, &random_serial(), now_seconds())?;
+        params.use_authority_key_identifier_extension = self.has_ski;
+        let cert = params.signed_by(&new_key()?, &self.issuer).map_err(|source| CaError::Sign {
+            what: format!("{}: test signature", ca_path.display()),
+            source,
+        })?;
+        self.check_issued(ca_path, cert.der())
+    }
+}
+
+fn parse_cert<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, CaError> {
+    X509Certificate::from_der(der).map(|(_, x)| x).map_err(|e| CaError::NotACa {
+        path: path.to_owned(),
+        why: format!("not a valid X.509 certificate ({e})"),
+    })
+}
+
+/// Checks that a certificate can be a CA for `import` (see [`CaDir::import`]). Returns its X.509
+/// version and subject.
+fn check_ca_cert(path: &Path, der: &[u8]) -> Result<(u32, String), CaError> {
+    let x = parse_cert(path, der)?;
+    let not_ca = |why: &str| CaError::NotACa { path: path.to_owned(), why: why.to_owned() };
+    let version = x.version().0 + 1;
+    let self_issued = x.subject().as_raw() == x.issuer().as_raw();
+    if version >= 3 {
+        match x.basic_constraints() {
+            Ok(Some(bc)) if bc.value.ca => {}
+            Ok(_) => return Err(not_ca("basicConstraints CA:TRUE is missing (a leaf certificate?)")),
+            Err(e) => return Err(not_ca(&format!("unreadable basicConstraints ({e})"))),
+        }
+    } else if !self_issued {
+        return Err(not_ca("an X.509 v1 certificate issued by someone else is a leaf, not a CA"));
+    }
+    if self_issued && x.verify_signature(None).is_err() {
+        return Err(not_ca("its self-signature does not verify"));
+    }
+    if let Ok(Some(ku)) = x.key_usage() {
+        if !ku.value.key_cert_sign() {
+            return Err(not_ca("its keyUsage lacks keyCertSign"));
+        }
+        if !ku.value.crl_sign() {
+            return Err(not_ca("its keyUsage lacks cRLSign, so no CRL it signs would be accepted"));
+        }
+    }
+    let not_after = x.validity().not_after.to_datetime();
+    if not_after <= OffsetDateTime::now_utc() {
+        return Err(not_ca(&format!("it expired on {}", crate::inspect::format_time(not_after))));
+    }
+    Ok((version, x.subject().to_string()))
+}
+
+/// The index entry of a leaf made elsewhere, after checking this CA signed it.
+fn legacy_entry(path: &Path, der: &[u8], ca: &X509Certificate<'_>, server: bool) -> Result<Entry, CaError> {
+    let (_, x) = X509Certificate::from_der(der).map_err(|e| CaError::NotOurs {
+        path: path.to_owned(),
+        ca: PathBuf::from(CA_CERT),
+        why: format!("not a valid X.509 certificate: {e}"),
+    })?;
+    let not_ours = |why: String| CaError::NotOurs { path: path.to_owned(), ca: PathBuf::from(CA_CERT), why };
+    if x.issuer().as_raw() != ca.subject().as_raw() {
+        return Err(not_ours(format!("its issuer is {}", x.issuer())));
+    }
+    x.verify_signature(Some(ca.public_key()))
+        .map_err(|_| not_ours("its signature does not verify under this CA's key".into()))?;
+    let info = crate::inspect::CertInfo::parse(der).map_err(|e| not_ours(e.to_string()))?;
+    let name = info.names().next().ok_or_else(|| CaError::NoName { path: path.to_owned() })?.to_owned();
+    let eku = &info.extended_key_usages;
+    let kind = if eku.contains(&"serverAuth") && !eku.contains(&"clientAuth") {
+        CertKind::Server
+    } else if eku.contains(&"clientAuth") && !eku.contains(&"serverAuth") {
+        CertKind::Client
+    } else if server {
+        CertKind::Server
+    } else {
+        CertKind::Client
+    };
+    let dns = info.dns_names.iter().filter(|d| **d != name).cloned().collect();
+    Ok(Entry {
+        name,
+        kind,
+        serial: info.serial,
+        not_before: info.not_before,
+        not_after: info.not_after,
+        revoked_at: None,
+        superseded_at: None,
+        legacy: true,
+        dns: if kind == CertKind::Server { dns } else { Vec::new() },
+        ips: if kind == CertKind::Server { info.ip_addresses } else { Vec::new() },
+    })
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = base64_encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Now, to the second: X.509 times have no fractions, and the index should say what the
@@ -437,6 +906,12 @@ pub fn is_dns_label(label: &str) -> bool {
         && !label.ends_with('-')
 }
 
+/// A certificate name (CN, first DNS SAN and file name stem): a DNS name without a trailing dot,
+/// at most 64 characters (the X.509 upper bound of a CN), e.g. `r0` or `r0.lan`.
+pub fn is_host_name(name: &str) -> bool {
+    name.len() <= 64 && !name.ends_with('.') && is_dns_name(name)
+}
+
 /// A DNS name: dot-separated labels, at most 253 characters.
 pub fn is_dns_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.trim_end_matches('.').split('.').all(is_dns_label)
@@ -455,6 +930,12 @@ mod tests {
             assert!(!is_dns_label(bad), "{bad}");
         }
         assert!(is_dns_name("f0.lan"));
+        for good in ["r0", "r0.lan", "f3s-storage-ha.example.org"] {
+            assert!(is_host_name(good), "{good}");
+        }
+        for bad in ["r0.", ".r0", "r0..lan", "r0_lan", "r0/x", "../r0", &"a.".repeat(40)] {
+            assert!(!is_host_name(bad), "{bad}");
+        }
         assert!(!is_dns_name("f0..lan"));
         assert!(!is_dns_name("f0_lan"));
     }

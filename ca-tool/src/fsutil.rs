@@ -8,6 +8,8 @@ use std::path::Path;
 pub const SECRET: u32 = 0o600;
 /// Mode of certificates, CRLs and the index.
 pub const PUBLIC: u32 = 0o644;
+/// Mode of the CA directory: it holds the CA key.
+pub const PRIVATE_DIR: u32 = 0o700;
 
 /// Writes `contents` to a temporary file beside `path` with `mode`, syncs it, and renames it over
 /// `path`. With `replace == false` the rename refuses to replace an existing file (no race with a

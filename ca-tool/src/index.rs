@@ -41,6 +41,71 @@ pub struct Entry {
     pub not_after: OffsetDateTime,
     #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// When a newer certificate for the same name replaced this one (`renew`, `issue --force`). A
+    /// superseded certificate is not revoked: it keeps working until it expires or is revoked.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub superseded_at: Option<OffsetDateTime>,
+    /// Made elsewhere (by openssl) and adopted with `ca-tool import --leaves`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy: bool,
+    /// DNS SANs beyond the name, and IP SANs, so `renew` can repeat them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+/// Where a certificate stands, as `list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// In force: not revoked, not superseded, not expired.
+    Valid,
+    /// Replaced by a newer certificate for the same name, not revoked (not in the CRL).
+    Superseded(OffsetDateTime),
+    Revoked(OffsetDateTime),
+    Expired,
+}
+
+impl Entry {
+    pub fn status(&self, now: OffsetDateTime) -> Status {
+        match (self.revoked_at, self.superseded_at) {
+            (Some(at), _) => Status::Revoked(at),
+            (None, Some(at)) => Status::Superseded(at),
+            (None, None) if self.not_after <= now => Status::Expired,
+            (None, None) => Status::Valid,
+        }
+    }
+
+    /// The certificate a host should be using now: neither revoked nor superseded (it may have
+    /// expired).
+    pub fn is_current(&self) -> bool {
+        self.revoked_at.is_none() && self.superseded_at.is_none()
+    }
+}
+
+/// How the CA came to be in this directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaOrigin {
+    /// `ca-tool init`
+    Init,
+    /// `ca-tool import`: made elsewhere, e.g. `openssl req -new -x509`.
+    Import,
+}
+
+/// The CA itself, as recorded by `init` or `import`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaRecord {
+    pub origin: CaOrigin,
+    pub subject: String,
+    /// SHA-256 of the CA certificate's DER, hex, colon-separated.
+    pub sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+    /// The file it was imported from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<PathBuf>,
 }
 
 /// The whole index.
@@ -50,6 +115,11 @@ pub struct Index {
     /// The number of the last CRL signed; the next one gets this plus one.
     #[serde(default)]
     pub crl_number: u64,
+    /// When the current crl.pem was signed (hosts' copies older than this are stale).
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub crl_signed_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaRecord>,
     #[serde(default, rename = "cert")]
     pub certs: Vec<Entry>,
 }
@@ -96,5 +166,15 @@ impl Index {
 
     pub fn revoked(&self) -> impl Iterator<Item = &Entry> {
         self.certs.iter().filter(|e| e.revoked_at.is_some())
+    }
+
+    /// The current (not revoked, not superseded) entries for `name`, oldest first.
+    pub fn current(&self, name: &str) -> impl Iterator<Item = &Entry> {
+        let name = name.to_owned();
+        self.certs.iter().filter(move |e| e.name == name && e.is_current())
+    }
+
+    pub fn by_serial(&self, serial: &str) -> Option<&Entry> {
+        self.certs.iter().find(|e| e.serial.eq_ignore_ascii_case(serial))
     }
 }

@@ -20,6 +20,8 @@ pub struct ParseError {
 /// What a certificate says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
+    /// X.509 version as people say it: 1 or 3 (`openssl x509 -req` without extensions makes 1).
+    pub version: u32,
     pub subject: String,
     pub common_name: Option<String>,
     pub dns_names: Vec<String>,
@@ -30,6 +32,8 @@ pub struct CertInfo {
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     pub is_ca: bool,
+    /// Issuer and subject are the same name (a root, or a self-signed leaf).
+    pub self_issued: bool,
     pub key_usages: Vec<&'static str>,
     pub extended_key_usages: Vec<&'static str>,
     /// SHA-256 of the DER, hex, colon-separated.
@@ -92,6 +96,7 @@ impl CertInfo {
         let common_name =
             cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
         Ok(Self {
+            version: cert.version().0 + 1,
             subject: cert.subject().to_string(),
             common_name,
             dns_names,
@@ -101,6 +106,7 @@ impl CertInfo {
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             is_ca: cert.is_ca(),
+            self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
             key_usages,
             extended_key_usages,
             fingerprint_sha256: sha256_hex(der),
@@ -126,7 +132,7 @@ impl fmt::Display for CertInfo {
             .map(|d| format!("DNS:{d}"))
             .chain(self.ip_addresses.iter().map(|ip| format!("IP:{ip}")))
             .collect();
-        writeln!(f, "Certificate")?;
+        writeln!(f, "Certificate (X.509 v{})", self.version)?;
         writeln!(f, "  Subject:     {}", self.subject)?;
         writeln!(f, "  SANs:        {}", if sans.is_empty() { "-".into() } else { sans.join(", ") })?;
         writeln!(f, "  Issuer:      {}", self.issuer)?;
@@ -138,6 +144,75 @@ impl fmt::Display for CertInfo {
         writeln!(f, "  Ext. usage:  {}", join_or_dash(&self.extended_key_usages))?;
         write!(f, "  SHA-256:     {}", self.fingerprint_sha256)
     }
+}
+
+/// Why a certificate made the blog's way cannot serve nfs-tls-proxy (or a name check), and what to
+/// do about it. The `Display` text is the part after `FILE: `; see [`legacy_problem`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegacyProblem {
+    /// An X.509 v1 end-entity certificate: rustls/webpki refuses it (`UnsupportedCertVersion`).
+    V1 { name: String },
+    /// A v3 certificate without a subjectAltName: a server-name check (client mode's
+    /// `--server-name`) cannot match it. An allow-list (`--allow-cn`) still matches its CN.
+    NoSubjectAltName { name: String },
+}
+
+impl fmt::Display for LegacyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LegacyProblem::V1 { name } => write!(
+                f,
+                "X.509 v1 certificate (made by `openssl x509 -req` without extensions): \
+                 re-issue it with `ca-tool issue {name}` after `ca-tool import`"
+            ),
+            LegacyProblem::NoSubjectAltName { name } => write!(
+                f,
+                "certificate without subjectAltName (made by `openssl x509 -req` without extensions), \
+                 so no server name can match it: re-issue it with `ca-tool issue {name}` after `ca-tool import`"
+            ),
+        }
+    }
+}
+
+impl LegacyProblem {
+    /// The whole one-line message, `FILE: ...`.
+    pub fn message(&self, file: &std::path::Path) -> String {
+        format!("{}: {self}", file.display())
+    }
+}
+
+/// What keeps a leaf certificate made by `openssl x509 -req` (the blog's PKI) from working with
+/// nfs-tls-proxy, if anything. Exact wording, with `NAME` the certificate's CN (else its first DNS
+/// SAN, else `NAME`):
+///
+/// - v1: `X.509 v1 certificate (made by \`openssl x509 -req\` without extensions): re-issue it with
+///   \`ca-tool issue NAME\` after \`ca-tool import\``
+/// - v3 without a subjectAltName: `certificate without subjectAltName (made by \`openssl x509 -req\`
+///   without extensions), so no server name can match it: re-issue it with \`ca-tool issue NAME\`
+///   after \`ca-tool import\``
+///
+/// Prefix the file with [`LegacyProblem::message`]. A missing SAN only matters where a name check
+/// needs one (a server certificate under `--server-name`), so callers decide whether to report
+/// [`LegacyProblem::NoSubjectAltName`]; `V1` is always fatal for a leaf. CA certificates are never
+/// flagged: a v1 self-signed root works as a trust anchor for both OpenSSL and rustls.
+pub fn legacy_problem(cert: &CertInfo) -> Option<LegacyProblem> {
+    if cert.is_ca || (cert.version < 3 && cert.self_issued) {
+        return None;
+    }
+    let name = cert.names().next().unwrap_or("NAME").to_owned();
+    if cert.version < 3 {
+        Some(LegacyProblem::V1 { name })
+    } else if cert.dns_names.is_empty() && cert.ip_addresses.is_empty() {
+        Some(LegacyProblem::NoSubjectAltName { name })
+    } else {
+        None
+    }
+}
+
+/// [`legacy_problem`] for a DER certificate; `None` also when it does not parse (the loader
+/// reports that).
+pub fn legacy_problem_der(der: &[u8]) -> Option<LegacyProblem> {
+    legacy_problem(&CertInfo::parse(der).ok()?)
 }
 
 /// What a CRL says.
@@ -210,7 +285,8 @@ pub fn hex_upper(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
-fn sha256_hex(der: &[u8]) -> String {
+/// SHA-256 of `der`, upper-case hex, colon-separated.
+pub fn sha256_hex(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
