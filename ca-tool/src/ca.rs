@@ -375,7 +375,7 @@ impl CaDir {
         let all_leaves = leaves.iter().map(|p| (p, false)).chain(server_leaves.iter().map(|p| (p, true)));
         for (path, server) in all_leaves {
             for der in crate::pem::load_certs(path)? {
-                let entry = legacy_entry(path, der.as_ref(), &x, server)?;
+                let entry = legacy_entry(path, der.as_ref(), cert, &x, server)?;
                 if index.by_serial(&entry.serial).is_some()
                     || new_leaves.iter().any(|(e, _): &(Entry, PathBuf)| e.serial == entry.serial)
                 {
@@ -794,13 +794,19 @@ fn check_ca_cert(path: &Path, der: &[u8]) -> Result<(u32, String), CaError> {
 }
 
 /// The index entry of a leaf made elsewhere, after checking this CA signed it.
-fn legacy_entry(path: &Path, der: &[u8], ca: &X509Certificate<'_>, server: bool) -> Result<Entry, CaError> {
+fn legacy_entry(
+    path: &Path,
+    der: &[u8],
+    ca_path: &Path,
+    ca: &X509Certificate<'_>,
+    server: bool,
+) -> Result<Entry, CaError> {
     let (_, x) = X509Certificate::from_der(der).map_err(|e| CaError::NotOurs {
         path: path.to_owned(),
-        ca: PathBuf::from(CA_CERT),
+        ca: ca_path.to_owned(),
         why: format!("not a valid X.509 certificate: {e}"),
     })?;
-    let not_ours = |why: String| CaError::NotOurs { path: path.to_owned(), ca: PathBuf::from(CA_CERT), why };
+    let not_ours = |why: String| CaError::NotOurs { path: path.to_owned(), ca: ca_path.to_owned(), why };
     if x.issuer().as_raw() != ca.subject().as_raw() {
         return Err(not_ours(format!("its issuer is {}", x.issuer())));
     }

@@ -318,7 +318,9 @@ fn list(ca: &CaDir, expiring: Option<Duration>, out: &mut impl Write) -> anyhow:
         .filter(|e| expiring.is_none_or(|w| e.is_current() && e.not_after <= now + w))
         .collect();
     let width = shown.iter().map(|e| e.name.len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:width$}  {:6}  {:32}  {:23}  STATUS", "NAME", "KIND", "SERIAL", "EXPIRES")?;
+    // openssl's serials are 20 bytes (40 hex digits), ours 16.
+    let sw = shown.iter().map(|e| e.serial.len()).max().unwrap_or(32).max(32);
+    writeln!(out, "{:width$}  {:6}  {:sw$}  {:23}  STATUS", "NAME", "KIND", "SERIAL", "EXPIRES")?;
     for e in shown {
         let mut status = match e.status(now) {
             Status::Revoked(at) => format!("revoked {}", format_time(at)),
@@ -329,12 +331,14 @@ fn list(ca: &CaDir, expiring: Option<Duration>, out: &mut impl Write) -> anyhow:
             }
             Status::Valid => "valid".to_owned(),
         };
-        if e.legacy {
+        if e.legacy && e.is_current() {
             status.push_str(" (legacy: made by openssl; re-issue or renew it)");
+        } else if e.legacy {
+            status.push_str(" (legacy)");
         }
         writeln!(
             out,
-            "{:width$}  {:6}  {:32}  {:23}  {status}",
+            "{:width$}  {:6}  {:sw$}  {:23}  {status}",
             e.name,
             e.kind.to_string(),
             e.serial,

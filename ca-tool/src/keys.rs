@@ -54,8 +54,13 @@ pub fn load_signing_key(path: &Path, cert_spki: &[u8]) -> Result<KeyPair, KeyErr
             wrap_pkcs8(alg, &section.der)
         }
     };
+    let wrapped = section.kind != SectionKind::PrivateKey;
     let der = rustls_pki_types::PrivatePkcs8KeyDer::from(pkcs8);
-    KeyPair::try_from(&der).map_err(|e| unusable(e.to_string()))
+    KeyPair::try_from(&der).map_err(|e| match wrapped {
+        // Wrapped with the certificate's algorithm: a failure most likely means another key type.
+        true => unusable(format!("{e}; is it the key of this certificate?")),
+        false => unusable(e.to_string()),
+    })
 }
 
 /// The AlgorithmIdentifier (first element, tag and all) of a DER SubjectPublicKeyInfo.
