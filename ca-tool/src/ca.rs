@@ -375,6 +375,10 @@ impl CaDir {
         let all_leaves = leaves.iter().map(|p| (p, false)).chain(server_leaves.iter().map(|p| (p, true)));
         for (path, server) in all_leaves {
             for der in crate::pem::load_certs(path)? {
+                // A chain file may hold the CA itself: it is not a leaf.
+                if der.as_ref() == cert_der.as_slice() {
+                    continue;
+                }
                 let entry = legacy_entry(path, der.as_ref(), cert, &x, server)?;
                 if index.by_serial(&entry.serial).is_some()
                     || new_leaves.iter().any(|(e, _): &(Entry, PathBuf)| e.serial == entry.serial)

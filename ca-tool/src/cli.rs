@@ -198,7 +198,12 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             let ca = CaDir::new(&dir);
             let _lock = ca.lock()?;
             let cert = ca.init(&cn, days, force)?;
-            writeln!(out, "created CA {cn:?}: {} (key {})", cert.display(), dir.join(ca::CA_KEY).display())?;
+            writeln!(
+                out,
+                "created CA {cn:?}: {} (key {}), directory mode 0700",
+                cert.display(),
+                dir.join(ca::CA_KEY).display()
+            )?;
         }
         Command::Import { cert, key, dir, leaves, server_leaves, force } => {
             let ca = CaDir::new(&dir);
