@@ -33,7 +33,7 @@ async fn reload_with_a_new_crl_closes_the_revoked_clients_open_tunnel_and_keeps_
     let mut r1 = open(&pki, "r1", addr).await;
 
     ca_tool::ca::CaDir::new(pki.dir.path()).revoke("r1", 30).expect("revoke");
-    let cut = nfs_tls_proxy::reload::reload_server(&server, &cfg).expect("reload");
+    let cut = nfs_tls_proxy::reload_server(&server, &cfg).expect("reload");
     assert_eq!(cut, 1);
 
     let mut buf = [0u8; 16];
@@ -66,8 +66,8 @@ async fn reload_that_narrows_the_allow_list_closes_the_tunnels_it_no_longer_admi
     let mut cfg = server_config(&pki, backend.addr);
     let server = nfs_tls_proxy::start_server(&cfg).await.expect("server");
     let mut r1 = open(&pki, "r1", server.local_addrs[0]).await;
-    cfg.allow = nfs_tls_proxy::identity::AllowList::new(["r0".to_owned()]);
-    assert_eq!(nfs_tls_proxy::reload::reload_server(&server, &cfg).expect("reload"), 1);
+    cfg.allow = nfs_tls_proxy::AllowList::new(["r0".to_owned()]);
+    assert_eq!(nfs_tls_proxy::reload_server(&server, &cfg).expect("reload"), 1);
     let mut buf = [0u8; 1];
     assert_eq!(within(T, r1.read(&mut buf)).await.unwrap_or(0), 0);
     assert!(logs.wait_for(&["closing open tunnel", "reason=\"name-not-allowed\""]).await, "{}", logs.text());
@@ -82,7 +82,7 @@ async fn reload_with_a_broken_crl_keeps_the_old_configuration_live() {
     let mut r0 = open(&pki, "r0", server.local_addrs[0]).await;
     std::fs::write(pki.path("crl.pem"), "-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n")
         .expect("write");
-    let err = nfs_tls_proxy::reload::reload_server(&server, &cfg).expect_err("must refuse the broken CRL");
+    let err = nfs_tls_proxy::reload_server(&server, &cfg).expect_err("must refuse the broken CRL");
     assert!(err.to_string().contains("crl.pem"), "{err}");
     // The open tunnel and new handshakes both still work, with the old material.
     r0.write_all(b"ok").await.expect("write");

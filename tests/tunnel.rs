@@ -68,7 +68,7 @@ async fn client_not_on_the_allow_list_is_refused_and_one_on_it_is_admitted() {
     let pki = TestPki::new();
     let backend = EchoBackend::start().await;
     let mut cfg = server_config(&pki, backend.addr);
-    cfg.allow = nfs_tls_proxy::identity::AllowList::new(["r0".to_owned()]);
+    cfg.allow = nfs_tls_proxy::AllowList::new(["r0".to_owned()]);
     let server = nfs_tls_proxy::start_server(&cfg).await.expect("server");
     let addr = server.local_addrs[0];
     assert!(!within(T, attempt(&pki, Some("r1"), addr)).await);
@@ -116,8 +116,8 @@ async fn tunnel(
 ) -> (
     std::net::SocketAddr,
     EchoBackend,
-    nfs_tls_proxy::Running<nfs_tls_proxy::server::ServerMode>,
-    nfs_tls_proxy::Running<nfs_tls_proxy::client::ClientMode>,
+    nfs_tls_proxy::Running<nfs_tls_proxy::ServerMode>,
+    nfs_tls_proxy::Running<nfs_tls_proxy::ClientMode>,
 ) {
     let backend = EchoBackend::start().await;
     let server = nfs_tls_proxy::start_server(&server_config(pki, backend.addr)).await.expect("server");

@@ -7,8 +7,8 @@ use anyhow::Context;
 
 use crate::config::{self, Cli, Command, TlsFiles};
 use crate::os::Privileges;
+use crate::serve::Running;
 use crate::tunnel::Mode;
-use crate::Running;
 
 /// Runs a command to completion.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,31 +36,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => {
                 let cfg = config::Server::resolve(&args)?;
-                let running = crate::start_server(&cfg).await?;
+                let running = crate::serve::start_server(&cfg).await?;
                 let watch = Watch::new(&cfg.common, cfg.crl.clone());
                 serve_until_signal(running, watch, |running| {
                     let Command::Server(args) = reparse()? else { anyhow::bail!("not a server command") };
                     let cfg = config::Server::resolve(&args)?;
-                    crate::reload::reload_server(running, &cfg)?;
+                    crate::serve::reload::reload_server(running, &cfg)?;
                     Ok((cfg.common.tls, cfg.crl))
                 })
                 .await
             }
             Command::Client(args) => {
                 let cfg = config::Client::resolve(&args)?;
-                let running = crate::start_client(&cfg).await?;
+                let running = crate::serve::start_client(&cfg).await?;
                 let watch = Watch::new(&cfg.common, None);
                 serve_until_signal(running, watch, |running| {
                     let Command::Client(args) = reparse()? else { anyhow::bail!("not a client command") };
                     let cfg = config::Client::resolve(&args)?;
-                    crate::reload::reload_client(running, &cfg)?;
+                    crate::serve::reload::reload_client(running, &cfg)?;
                     Ok((cfg.common.tls, None))
                 })
                 .await
             }
-            Command::Demo(_) => crate::demo::run().await,
+            Command::Demo(_) => crate::cmd::demo::run().await,
             Command::Check(args) => {
-                let report = crate::check::check(&args.config, args.mode).await;
+                let report = crate::cmd::check::check(&args.config, args.mode).await;
                 print!("{}", report.summary);
                 for w in &report.warnings {
                     eprintln!("warning: {w}");
@@ -79,7 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::ConvertStunnel(args) => {
                 let text = std::fs::read_to_string(&args.file)
                     .with_context(|| format!("{}: cannot read", args.file.display()))?;
-                match crate::convert::convert(&text, &args.file, args.service.as_deref()) {
+                match crate::cmd::convert::convert(&text, &args.file, args.service.as_deref()) {
                     Ok(out) => {
                         for w in &out.warnings {
                             eprintln!("warning: {w}");
@@ -99,7 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
-            Command::Manual(args) => crate::manual::write(&args.out),
+            Command::Manual(args) => crate::cmd::manual::write(&args.out),
         }
     })
 }
@@ -133,9 +133,8 @@ impl Watch {
 
     /// Logs near expiry and publishes every deadline as a metric.
     fn check_expiry(&self, metrics: &crate::metrics::Metrics) {
-        let deadlines = crate::expiry::deadlines(&self.tls, self.crl.as_deref());
-        crate::expiry::warn_near(&deadlines, time::OffsetDateTime::now_utc());
-        metrics.set_expiry(&deadlines);
+        let deadlines = crate::ops::expiry::publish(metrics, &self.tls, self.crl.as_deref());
+        crate::ops::expiry::warn_near(&deadlines, time::OffsetDateTime::now_utc());
     }
 }
 
@@ -179,7 +178,7 @@ async fn serve_until_signal<M: Mode>(
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
     let mut reload_tick = every(watch.reload_every);
-    let mut expiry_tick = every(Some(crate::expiry::CHECK_EVERY));
+    let mut expiry_tick = every(Some(crate::ops::expiry::CHECK_EVERY));
     let which = loop {
         let why = tokio::select! {
             _ = term.recv() => break "SIGTERM",

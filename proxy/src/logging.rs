@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogArgs, LogFormat};
 
 /// Installs the global subscriber; a second call (tests, demo) is a no-op.
-pub fn init(args: &LogArgs) -> Result<(), String> {
+pub(crate) fn init(args: &LogArgs) -> Result<(), String> {
     let filter =
         EnvFilter::try_new(&args.log_level).map_err(|e| format!("--log-level {:?}: {e}", args.log_level))?;
     let builder = tracing_subscriber::fmt()

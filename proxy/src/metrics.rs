@@ -1,5 +1,5 @@
 //! The Prometheus metrics, all defined here (names and help texts are the documentation; the README
-//! lists them). One [`Metrics`] per running proxy, held in its [`crate::serve::Ctx`].
+//! lists them). One [`Metrics`] per running proxy, held by the running proxy.
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
@@ -12,7 +12,6 @@
 //! | `nfs_tls_proxy_expiry_timestamp_seconds` | gauge | what (certificate, ca, crl-next-update), file |
 //! | `nfs_tls_proxy_build_info` | gauge | version, mode |
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,10 +20,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-use crate::expiry::Deadline;
-use crate::refuse::RefuseReason;
-use crate::serve::TunnelEntry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TunnelLabels {
@@ -124,8 +119,9 @@ impl Metrics {
         Self { registry, tunnels_open, tunnels_total, bytes, refusals, handshake, owned, expiry }
     }
 
-    pub fn refused(&self, reason: &RefuseReason) {
-        self.refusals.get_or_create(&ReasonLabels { reason: reason.word() }).inc();
+    /// A refused connection; `reason` is one of the refusal words (`RefuseReason::word`).
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn opened(&self, identity: &str, transport: &'static str, took: Duration) {
@@ -135,20 +131,16 @@ impl Metrics {
         self.handshake.get_or_create(&TransportLabels { transport }).observe(took.as_secs_f64());
     }
 
-    pub fn closed(&self, entry: &TunnelEntry) {
-        self.sync_bytes(entry);
-        let labels =
-            TunnelLabels { identity: entry.identity.clone(), transport: entry.transport.word().to_owned() };
+    /// A tunnel ended; its last bytes are counted with [`Metrics::add_bytes`] first.
+    pub fn closed(&self, identity: &str, transport: &'static str) {
+        let labels = TunnelLabels { identity: identity.to_owned(), transport: transport.to_owned() };
         self.tunnels_open.get_or_create(&labels).dec();
     }
 
-    /// Moves what a tunnel carried since the last call into the byte counters, so the counters
-    /// follow live traffic (called at each scrape and at close).
-    pub fn sync_bytes(&self, entry: &TunnelEntry) {
-        let (up, down) = entry.counters.totals();
-        let up_new = up - entry.reported_up.swap(up, Ordering::Relaxed);
-        let down_new = down - entry.reported_down.swap(down, Ordering::Relaxed);
-        let identity = entry.identity.clone();
+    /// Bytes a tunnel carried that were not counted yet (at each scrape and at close), so the
+    /// counters follow live traffic.
+    pub fn add_bytes(&self, identity: &str, up_new: u64, down_new: u64) {
+        let identity = identity.to_owned();
         if up_new > 0 {
             self.bytes
                 .get_or_create(&ByteLabels { identity: identity.clone(), direction: "up" })
@@ -163,12 +155,11 @@ impl Metrics {
         self.owned.get_or_create(&ListenLabels { listen: listen.to_string() }).set(i64::from(owned));
     }
 
-    pub fn set_expiry(&self, deadlines: &[Deadline]) {
+    /// Replaces the expiry dates: (what, file, Unix time) for each piece of material.
+    pub fn set_expiry(&self, deadlines: impl IntoIterator<Item = (&'static str, String, i64)>) {
         self.expiry.clear();
-        for d in deadlines {
-            self.expiry
-                .get_or_create(&ExpiryLabels { what: d.what.word(), file: d.path.display().to_string() })
-                .set(d.at.unix_timestamp());
+        for (what, file, at) in deadlines {
+            self.expiry.get_or_create(&ExpiryLabels { what, file }).set(at);
         }
     }
 

@@ -16,8 +16,14 @@ use std::net::IpAddr;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
+/// Whether a server listen address follows ownership: every address but wildcard and loopback ones,
+/// which are always this host's.
+pub(crate) fn is_followed(addr: std::net::SocketAddr) -> bool {
+    !addr.ip().is_unspecified() && !addr.ip().is_loopback()
+}
+
 /// Whether this host owns `ip` now. Unspecified and loopback addresses are always owned.
-pub fn owns_address(ip: IpAddr) -> io::Result<bool> {
+pub(crate) fn owns_address(ip: IpAddr) -> io::Result<bool> {
     if ip.is_unspecified() || ip.is_loopback() {
         return Ok(true);
     }
@@ -30,7 +36,7 @@ mod imp {
     use std::net::IpAddr;
 
     /// Linux and others: the address is assigned to some interface.
-    pub fn owns_address(ip: IpAddr) -> io::Result<bool> {
+    pub(super) fn owns_address(ip: IpAddr) -> io::Result<bool> {
         let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
         Ok(addrs.filter_map(|a| a.address).any(|sa| {
             sa.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())) == Some(ip)
@@ -162,7 +168,7 @@ mod imp {
 
 /// Tells systemd (`Type=notify`) about a state change, e.g. `READY=1`; does nothing when not run by
 /// systemd (no `NOTIFY_SOCKET`), e.g. on FreeBSD.
-pub fn sd_notify(state: &str) -> io::Result<()> {
+pub(crate) fn sd_notify(state: &str) -> io::Result<()> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(()) };
     let socket = std::os::unix::net::UnixDatagram::unbound()?;
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());

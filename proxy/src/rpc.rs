@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The NFS program number.
-pub const NFS_PROGRAM: u32 = 100_003;
+pub(crate) const NFS_PROGRAM: u32 = 100_003;
 const RPC_VERSION: u32 = 2;
 const CALL: u32 = 0;
 const REPLY: u32 = 1;
@@ -19,19 +19,19 @@ const MSG_ACCEPTED: u32 = 0;
 const SUCCESS: u32 = 0;
 const AUTH_NONE: u32 = 0;
 /// RFC 9289's credential flavor for the probe.
-pub const AUTH_TLS: u32 = 7;
+pub(crate) const AUTH_TLS: u32 = 7;
 /// The verifier body of the probe's reply.
-pub const STARTTLS: &[u8; 8] = b"STARTTLS";
+pub(crate) const STARTTLS: &[u8; 8] = b"STARTTLS";
 /// Record-marking: the last-fragment bit of the 4-byte record mark.
-pub const LAST_FRAGMENT: u32 = 0x8000_0000;
+pub(crate) const LAST_FRAGMENT: u32 = 0x8000_0000;
 /// The largest record accepted where only a probe or a short reply may come; a probe is 40 bytes.
-pub const MAX_SMALL_RECORD: usize = 1024;
+pub(crate) const MAX_SMALL_RECORD: usize = 1024;
 /// ALPN identifier registered for RPC-with-TLS; sent by our client, never required by our server.
-pub const ALPN: &[u8] = b"sunrpc";
+pub(crate) const ALPN: &[u8] = b"sunrpc";
 
 /// A record that is not what it must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RpcError {
+pub(crate) enum RpcError {
     /// Not a well-formed single-fragment RPC record of acceptable size.
     #[error("{0}")]
     Malformed(String),
@@ -88,7 +88,7 @@ impl<'a> Xdr<'a> {
 
 /// The head of an RPC CALL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
+pub(crate) struct Call {
     pub xid: u32,
     pub program: u32,
     pub version: u32,
@@ -100,7 +100,7 @@ pub struct Call {
 }
 
 /// Parses the body of a record (without its record mark) as an RPC CALL.
-pub fn parse_call(body: &[u8]) -> Result<Call, RpcError> {
+pub(crate) fn parse_call(body: &[u8]) -> Result<Call, RpcError> {
     let mut x = Xdr::new(body);
     let xid = x.u32("xid")?;
     let msg_type = x.u32("message type")?;
@@ -127,7 +127,7 @@ pub fn parse_call(body: &[u8]) -> Result<Call, RpcError> {
 }
 
 /// Checks that `body` is exactly an RFC 9289 probe; returns the call (for its XID).
-pub fn parse_probe(body: &[u8]) -> Result<Call, RpcError> {
+pub(crate) fn parse_probe(body: &[u8]) -> Result<Call, RpcError> {
     let call = parse_call(body)?;
     let is_probe = call.program == NFS_PROGRAM
         && call.procedure == 0
@@ -158,12 +158,12 @@ fn words(words: &[u32]) -> Vec<u8> {
 }
 
 /// The probe record a client sends: NULL call to NFS `version` with an AUTH_TLS credential.
-pub fn probe(xid: u32, version: u32) -> Vec<u8> {
+pub(crate) fn probe(xid: u32, version: u32) -> Vec<u8> {
     record(&words(&[xid, CALL, RPC_VERSION, NFS_PROGRAM, version, 0, AUTH_TLS, 0, AUTH_NONE, 0]))
 }
 
 /// The server's answer to a probe: accepted, verifier AUTH_NONE carrying `STARTTLS`, success.
-pub fn starttls_reply(xid: u32) -> Vec<u8> {
+pub(crate) fn starttls_reply(xid: u32) -> Vec<u8> {
     let mut body = words(&[xid, REPLY, MSG_ACCEPTED, AUTH_NONE, STARTTLS.len() as u32]);
     body.extend_from_slice(STARTTLS);
     body.extend_from_slice(&SUCCESS.to_be_bytes());
@@ -171,7 +171,7 @@ pub fn starttls_reply(xid: u32) -> Vec<u8> {
 }
 
 /// Checks that `body` is exactly the STARTTLS reply to `xid`.
-pub fn check_starttls_reply(body: &[u8], xid: u32) -> Result<(), RpcError> {
+pub(crate) fn check_starttls_reply(body: &[u8], xid: u32) -> Result<(), RpcError> {
     let mut x = Xdr::new(body);
     let bad = |what: String| RpcError::BadReply(what);
     let got = x.u32("xid")?;
@@ -202,12 +202,12 @@ pub fn check_starttls_reply(body: &[u8], xid: u32) -> Result<(), RpcError> {
 }
 
 /// A NULL call (AUTH_NONE) to `program` `version`: "are you there".
-pub fn null_call(xid: u32, program: u32, version: u32) -> Vec<u8> {
+pub(crate) fn null_call(xid: u32, program: u32, version: u32) -> Vec<u8> {
     record(&words(&[xid, CALL, RPC_VERSION, program, version, 0, AUTH_NONE, 0, AUTH_NONE, 0]))
 }
 
 /// Checks that `body` is an accepted, successful reply to `xid`.
-pub fn check_success_reply(body: &[u8], xid: u32) -> Result<(), RpcError> {
+pub(crate) fn check_success_reply(body: &[u8], xid: u32) -> Result<(), RpcError> {
     let mut x = Xdr::new(body);
     let got = x.u32("xid")?;
     if got != xid {
@@ -228,7 +228,10 @@ pub fn check_success_reply(body: &[u8], xid: u32) -> Result<(), RpcError> {
 }
 
 /// Reads one single-fragment record of at most `max` bytes; returns its body.
-pub async fn read_record<S: AsyncRead + Unpin>(stream: &mut S, max: usize) -> Result<Vec<u8>, RpcError> {
+pub(crate) async fn read_record<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> Result<Vec<u8>, RpcError> {
     let mut mark = [0u8; 4];
     stream.read_exact(&mut mark).await.map_err(|e| RpcError::Io(format!("reading the record mark: {e}")))?;
     let mark = u32::from_be_bytes(mark);
@@ -250,7 +253,9 @@ pub async fn read_record<S: AsyncRead + Unpin>(stream: &mut S, max: usize) -> Re
 }
 
 /// Server side of the probe: reads it from `stream`, and answers STARTTLS if it is one.
-pub async fn answer_probe<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<Call, RpcError> {
+pub(crate) async fn answer_probe<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<Call, RpcError> {
     let body = read_record(stream, MAX_SMALL_RECORD).await?;
     let call = parse_probe(&body)?;
     stream
@@ -261,14 +266,17 @@ pub async fn answer_probe<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> 
 }
 
 /// Client side of the probe: sends it, and requires the exact STARTTLS reply.
-pub async fn send_probe<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, xid: u32) -> Result<(), RpcError> {
+pub(crate) async fn send_probe<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    xid: u32,
+) -> Result<(), RpcError> {
     stream.write_all(&probe(xid, 4)).await.map_err(|e| RpcError::Io(format!("sending the probe: {e}")))?;
     let body = read_record(stream, MAX_SMALL_RECORD).await?;
     check_starttls_reply(&body, xid)
 }
 
 /// A NULL call to NFS version 4 over `stream`, answered successfully within `timeout`.
-pub async fn nfs_null<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn nfs_null<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     xid: u32,
     timeout: Duration,
@@ -287,7 +295,7 @@ pub async fn nfs_null<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A fresh transaction id (XIDs only need to differ between calls on a connection).
-pub fn next_xid() -> u32 {
+pub(crate) fn next_xid() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let seed = std::time::SystemTime::now()
@@ -295,6 +303,59 @@ pub fn next_xid() -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     seed ^ NEXT.fetch_add(0x9E37_79B9, Ordering::Relaxed)
+}
+
+/// Follows the record marking of an ONC RPC stream (RFC 5531 11) as it passes, to know where its
+/// records end: each fragment is a 4-byte mark (last-fragment bit, 31-bit length) and its body.
+#[derive(Debug, Default)]
+pub(crate) struct RecordMarks {
+    /// Bytes of the next mark seen so far (0-3), and the mark being assembled.
+    mark_len: usize,
+    mark: [u8; 4],
+    /// Bytes of the current fragment's body still to come.
+    body_left: usize,
+    /// Whether the current (or, between fragments, the previous) fragment is a record's last.
+    last: bool,
+    /// Nothing seen yet: the stream starts at a boundary.
+    started: bool,
+}
+
+impl RecordMarks {
+    /// Takes the next bytes of the stream.
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            self.started = true;
+            if self.body_left > 0 {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                data = &data[n..];
+                continue;
+            }
+            self.mark[self.mark_len] = data[0];
+            self.mark_len += 1;
+            data = &data[1..];
+            if self.mark_len == 4 {
+                let word = u32::from_be_bytes(self.mark);
+                self.last = word & LAST_FRAGMENT != 0;
+                self.body_left = (word & !LAST_FRAGMENT) as usize;
+                self.mark_len = 0;
+            }
+        }
+    }
+
+    /// Whether the bytes seen so far end with a whole record.
+    pub(crate) fn at_record_boundary(&self) -> bool {
+        !self.started || (self.last && self.body_left == 0 && self.mark_len == 0)
+    }
+
+    /// How many bytes may pass before the end of the current fragment (or of the mark being read).
+    pub(crate) fn to_fragment_end(&self) -> usize {
+        if self.body_left > 0 {
+            self.body_left
+        } else {
+            4 - self.mark_len
+        }
+    }
 }
 
 #[cfg(test)]
@@ -395,5 +456,29 @@ mod tests {
         // A plain AUTH_NONE success reply (a server that ignores AUTH_TLS) is not STARTTLS either.
         let plain: Vec<u8> = [0x0102_0304u32, 1, 0, 0, 0, 0].iter().flat_map(|w| w.to_be_bytes()).collect();
         assert!(check_starttls_reply(&plain, 0x0102_0304).is_err());
+    }
+
+    #[test]
+    fn record_boundaries_are_found_across_fragments_and_reads() {
+        let mut marks = RecordMarks::default();
+        assert!(marks.at_record_boundary());
+        let mut stream = Vec::new();
+        stream.extend_from_slice(&3u32.to_be_bytes()); // first fragment, 3 bytes
+        stream.extend_from_slice(b"abc");
+        stream.extend_from_slice(&(LAST_FRAGMENT | 2).to_be_bytes()); // last fragment, 2 bytes
+        stream.extend_from_slice(b"de");
+        let mut boundaries = Vec::new();
+        for (i, byte) in stream.iter().enumerate() {
+            marks.feed(std::slice::from_ref(byte));
+            if marks.at_record_boundary() {
+                boundaries.push(i + 1);
+            }
+        }
+        assert_eq!(boundaries, vec![stream.len()]);
+        let mut marks = RecordMarks::default();
+        marks.feed(&stream[..5]);
+        assert_eq!(marks.to_fragment_end(), 2);
+        marks.feed(&stream[5..9]);
+        assert_eq!(marks.to_fragment_end(), 2);
     }
 }

@@ -13,7 +13,7 @@ use ca_tool::index::CertKind;
 use nfs_tls_proxy::config::{
     self, Common, Endpoint, Keepalive, SourcePort, TlsFiles, TlsVersion, Transport, Upstream,
 };
-use nfs_tls_proxy::identity::AllowList;
+use nfs_tls_proxy::AllowList;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -139,6 +139,7 @@ pub fn common(files: TlsFiles) -> Common {
         connect_timeout: Duration::from_secs(2),
         max_connections: 1024,
         keepalive: Keepalive::After(Duration::from_secs(60)),
+        key_update_every: None,
         drain_timeout: Duration::from_secs(1),
         reload_every: None,
         metrics: None,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A peer program: in CI it must be installed (the test fails); locally its absence skips loudly.
-pub fn require(program: &str) -> bool {
+pub(crate) fn require(program: &str) -> bool {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
         .unwrap_or(false);
@@ -26,7 +26,7 @@ pub fn require(program: &str) -> bool {
 }
 
 /// Root, for tests that create network namespaces: required in CI, a loud skip elsewhere.
-pub fn require_root() -> bool {
+pub(crate) fn require_root() -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
         assert!(std::env::var_os("CI").is_none(), "this test needs root in CI (network namespaces)");
@@ -36,19 +36,19 @@ pub fn require_root() -> bool {
 }
 
 /// A child process whose stderr lines are collected; killed on drop.
-pub struct Proc {
+pub(crate) struct Proc {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     pub name: String,
 }
 
 impl Proc {
-    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command) -> Self {
         Self::spawn_with_stdin(name, cmd.stdin(Stdio::null()))
     }
 
     /// [`Proc::spawn`], leaving stdin as `cmd` set it (e.g. piped, then taken with [`Proc::stdin`]).
-    pub fn spawn_with_stdin(name: &str, cmd: &mut Command) -> Self {
+    pub(crate) fn spawn_with_stdin(name: &str, cmd: &mut Command) -> Self {
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -66,21 +66,21 @@ impl Proc {
     }
 
     /// Our binary with `args`.
-    pub fn proxy(args: &[&str]) -> Self {
+    pub(crate) fn proxy(args: &[&str]) -> Self {
         Self::spawn("nfs-tls-proxy", Command::new(env!("CARGO_BIN_EXE_nfs-tls-proxy")).args(args))
     }
 
     /// The child's stdin, if it was piped.
-    pub fn stdin(&mut self) -> std::process::ChildStdin {
+    pub(crate) fn stdin(&mut self) -> std::process::ChildStdin {
         self.child.stdin.take().expect("stdin was not piped")
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.lines.lock().expect("lines").join("\n")
     }
 
     /// Waits (bounded) for a line containing every part; returns it.
-    pub fn wait_line(&self, parts: &[&str]) -> String {
+    pub(crate) fn wait_line(&self, parts: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(l) =
@@ -94,14 +94,14 @@ impl Proc {
     }
 
     /// The address our proxy bound (it logs `listening ... listen=ADDR`).
-    pub fn listen_addr(&self) -> SocketAddr {
+    pub(crate) fn listen_addr(&self) -> SocketAddr {
         let line = self.wait_line(&["listening", "listen="]);
         let addr = line.split("listen=").nth(1).expect("listen=").split_whitespace().next().expect("addr");
         addr.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"))
     }
 
     /// Waits for the process to exit by itself (bounded); returns its exit code.
-    pub fn wait_exit(&mut self) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -115,21 +115,21 @@ impl Proc {
     }
 
     /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()
     }
 
     /// Kills the process now and waits for it.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let _ = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status();
     }
 }
@@ -142,12 +142,12 @@ impl Drop for Proc {
 }
 
 /// A free loopback port, for peers that cannot bind port 0 and report it (stunnel, ganesha).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Waits (bounded) until something accepts connections on `addr`.
-pub fn wait_port(addr: SocketAddr) {
+pub(crate) fn wait_port(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {addr}");
@@ -156,7 +156,7 @@ pub fn wait_port(addr: SocketAddr) {
 }
 
 /// A blocking echo server on loopback; counts connections.
-pub struct Echo {
+pub(crate) struct Echo {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub connections: Arc<Mutex<usize>>,
@@ -165,12 +165,12 @@ pub struct Echo {
 }
 
 impl Echo {
-    pub fn open_now(&self) -> usize {
+    pub(crate) fn open_now(&self) -> usize {
         *self.open.lock().expect("open")
     }
 
     /// Waits (bounded) until no connection is open; false if some still are after `limit`.
-    pub fn all_closed_within(&self, limit: Duration) -> bool {
+    pub(crate) fn all_closed_within(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while self.open_now() > 0 {
             if Instant::now() >= deadline {
@@ -182,12 +182,12 @@ impl Echo {
     }
 }
 
-pub fn echo_server() -> Echo {
+pub(crate) fn echo_server() -> Echo {
     echo_server_on(TcpListener::bind("127.0.0.1:0").expect("bind"))
 }
 
 /// An echo server on a listener made elsewhere (e.g. inside a network namespace).
-pub fn echo_server_on(listener: TcpListener) -> Echo {
+pub(crate) fn echo_server_on(listener: TcpListener) -> Echo {
     let addr = listener.local_addr().expect("addr");
     let connections = Arc::new(Mutex::new(0));
     let open = Arc::new(Mutex::new(0));
@@ -210,7 +210,7 @@ pub fn echo_server_on(listener: TcpListener) -> Echo {
 }
 
 /// Sends `data`, half-closes, reads to EOF (bounded by socket timeouts).
-pub fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+pub(crate) fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     let stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let mut w = stream.try_clone().expect("clone");
@@ -226,7 +226,7 @@ pub fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
 }
 
 /// A test CA directory made with the ca-tool library.
-pub fn pki() -> tempfile::TempDir {
+pub(crate) fn pki() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("dir");
     let ca = ca_tool::ca::CaDir::new(dir.path());
     ca.init("peer test CA", 30, false).expect("init");
@@ -244,18 +244,18 @@ pub fn pki() -> tempfile::TempDir {
     dir
 }
 
-pub fn p(dir: &Path, name: &str) -> String {
+pub(crate) fn p(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
 
-pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
     path
 }
 
 /// Runs our binary with `args`, which must fail with exactly one error line containing `expect`.
-pub fn fails_with(args: &[&str], expect: &str) {
+pub(crate) fn fails_with(args: &[&str], expect: &str) {
     let mut proxy = Proc::proxy(args);
     let code = proxy.wait_exit();
     assert_ne!(code, Some(0), "{args:?} should fail");
@@ -266,7 +266,7 @@ pub fn fails_with(args: &[&str], expect: &str) {
 }
 
 /// Server flags on loopback with the pki() material, then `extra`.
-pub fn server_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<String> {
+pub(crate) fn server_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<String> {
     let mut v: Vec<String> = ["server", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:2049"]
         .iter()
         .map(|s| s.to_string())
@@ -284,12 +284,12 @@ pub fn server_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<String> {
 }
 
 /// Our client towards `server`, using stunnel's combined PEM (no --key).
-pub fn our_client(dir: &std::path::Path, server: std::net::SocketAddr) -> Proc {
+pub(crate) fn our_client(dir: &std::path::Path, server: std::net::SocketAddr) -> Proc {
     our_client_with(dir, &server.to_string(), &[])
 }
 
 /// [`our_client`] towards `server` (HOST:PORT) with `extra` flags; returns it once it is listening.
-pub fn our_client_with(dir: &std::path::Path, server: &str, extra: &[&str]) -> Proc {
+pub(crate) fn our_client_with(dir: &std::path::Path, server: &str, extra: &[&str]) -> Proc {
     let (cert, ca) = (p(dir, "r0-stunnel.pem"), p(dir, "ca-cert.pem"));
     let mut args = vec!["client", "--listen", "127.0.0.1:0", "--server", server];
     args.extend(["--server-name", "f3s-storage-ha", "--cert", &cert, "--ca", &ca]);
@@ -300,7 +300,7 @@ pub fn our_client_with(dir: &std::path::Path, server: &str, extra: &[&str]) -> P
 }
 
 /// nfs-ganesha serving `export/` on a free port, in the foreground.
-pub fn ganesha(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
+pub(crate) fn ganesha(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
     let port = free_port();
     let export = dir.join("export");
     let conf = write(

@@ -10,21 +10,21 @@ use time::OffsetDateTime;
 use crate::config::TlsFiles;
 
 /// How long before a deadline the warnings start.
-pub const WARN_WITHIN: time::Duration = time::Duration::days(30);
+pub(crate) const WARN_WITHIN: time::Duration = time::Duration::days(30);
 
 /// How often the deadlines are checked again while running.
-pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub(crate) const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Which piece of material a deadline belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum What {
+pub(crate) enum Material {
     Certificate,
     Ca,
     CrlNextUpdate,
 }
 
-impl What {
-    pub fn word(self) -> &'static str {
+impl Material {
+    pub(crate) fn word(self) -> &'static str {
         match self {
             Self::Certificate => "certificate",
             Self::Ca => "ca",
@@ -35,30 +35,48 @@ impl What {
 
 /// One date after which something stops working.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deadline {
-    pub what: What,
+pub(crate) struct Deadline {
+    pub material: Material,
     pub path: PathBuf,
     pub at: OffsetDateTime,
 }
 
+/// Reads the deadlines of `files` and `crl` and publishes them as metrics (at start, before the ops
+/// endpoint answers, after each reload and once a day).
+pub(crate) fn publish(
+    metrics: &crate::metrics::Metrics,
+    files: &TlsFiles,
+    crl: Option<&Path>,
+) -> Vec<Deadline> {
+    let found = deadlines(files, crl);
+    metrics.set_expiry(
+        found.iter().map(|d| (d.material.word(), d.path.display().to_string(), d.at.unix_timestamp())),
+    );
+    found
+}
+
 /// The deadlines of the material in `files` and `crl`. Files that cannot be read are skipped: the
 /// loader has already refused them at start-up or reload.
-pub fn deadlines(files: &TlsFiles, crl: Option<&Path>) -> Vec<Deadline> {
+pub(crate) fn deadlines(files: &TlsFiles, crl: Option<&Path>) -> Vec<Deadline> {
     let mut out = Vec::new();
     if let Some(leaf) = ca_tool::pem::load_certs(&files.cert).ok().and_then(|c| c.into_iter().next()) {
         if let Ok(info) = CertInfo::parse(&leaf) {
-            out.push(Deadline { what: What::Certificate, path: files.cert.clone(), at: info.not_after });
+            out.push(Deadline {
+                material: Material::Certificate,
+                path: files.cert.clone(),
+                at: info.not_after,
+            });
         }
     }
     for ca in ca_tool::pem::load_certs(&files.ca).unwrap_or_default() {
         if let Ok(info) = CertInfo::parse(&ca) {
-            out.push(Deadline { what: What::Ca, path: files.ca.clone(), at: info.not_after });
+            out.push(Deadline { material: Material::Ca, path: files.ca.clone(), at: info.not_after });
         }
     }
     if let Some(crl) = crl {
         for der in ca_tool::pem::load_crls(crl).unwrap_or_default() {
             if let Some(at) = CrlInfo::parse(&der).ok().and_then(|i| i.next_update) {
-                out.push(Deadline { what: What::CrlNextUpdate, path: crl.to_owned(), at });
+                out.push(Deadline { material: Material::CrlNextUpdate, path: crl.to_owned(), at });
             }
         }
     }
@@ -67,7 +85,7 @@ pub fn deadlines(files: &TlsFiles, crl: Option<&Path>) -> Vec<Deadline> {
 
 /// Logs a warning for each deadline within [`WARN_WITHIN`] of `now` (an error if it has passed);
 /// returns how many were logged.
-pub fn warn_near(deadlines: &[Deadline], now: OffsetDateTime) -> usize {
+pub(crate) fn warn_near(deadlines: &[Deadline], now: OffsetDateTime) -> usize {
     let mut warned = 0;
     for d in deadlines {
         let left = d.at - now;
@@ -78,10 +96,10 @@ pub fn warn_near(deadlines: &[Deadline], now: OffsetDateTime) -> usize {
         let file = d.path.display();
         let at = format_time(d.at);
         if left.is_negative() {
-            tracing::error!(what = d.what.word(), %file, expired = %at, "certificate material has expired");
+            tracing::error!(what = d.material.word(), %file, expired = %at, "certificate material has expired");
         } else {
             tracing::warn!(
-                what = d.what.word(),
+                what = d.material.word(),
                 %file,
                 expires = %at,
                 days_left = left.whole_days(),
@@ -98,7 +116,7 @@ mod tests {
 
     fn at(days: i64) -> Deadline {
         Deadline {
-            what: What::Certificate,
+            material: Material::Certificate,
             path: "x.pem".into(),
             at: OffsetDateTime::UNIX_EPOCH + time::Duration::days(days),
         }

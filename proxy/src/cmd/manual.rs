@@ -9,7 +9,7 @@ use clap::CommandFactory;
 use crate::config::Cli;
 
 /// Writes `DIR/man/*.1` and `DIR/completions/{bash,zsh,fish}`.
-pub fn write(out: &Path) -> anyhow::Result<()> {
+pub(crate) fn write(out: &Path) -> anyhow::Result<()> {
     let man = out.join("man");
     std::fs::create_dir_all(&man).with_context(|| format!("{}: cannot create", man.display()))?;
     clap_mangen::generate_to(Cli::command(), &man)

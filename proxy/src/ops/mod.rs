@@ -8,6 +8,8 @@
 //! A deliberately small HTTP/1.1 server: GET only, one request per connection, bounded head size and
 //! time, so nothing here can hold the proxy's resources.
 
+pub(crate) mod expiry;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::serve::Ctx;
-use crate::tunnel::Mode;
+use crate::tunnel::Ctx;
+use crate::tunnel::{Mode, HEALTH_TIMEOUT};
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8192;
@@ -25,8 +27,6 @@ const MAX_HEAD: usize = 8192;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most requests handled at once; more connections are closed unanswered.
 const MAX_REQUESTS: usize = 32;
-/// Time allowed for the health check itself.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub struct OpsError {
 }
 
 /// Binds `addr` and serves until `stop`; returns the bound address.
-pub async fn start<M: Mode>(
+pub(crate) async fn start<M: Mode>(
     addr: SocketAddr,
     ctx: Arc<Ctx<M>>,
     stop: CancellationToken,
@@ -106,7 +106,8 @@ async fn route<M: Mode>(path: &str, ctx: &Ctx<M>) -> (&'static str, &'static str
     match path {
         "/metrics" => {
             for t in ctx.tunnels.snapshot() {
-                ctx.metrics.sync_bytes(&t);
+                let (up, down) = t.unreported();
+                ctx.metrics.add_bytes(&t.identity, up, down);
             }
             ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", ctx.metrics.encode())
         }

@@ -1,133 +1,27 @@
-//! The accept loop of both modes (limit, back off on accept errors, spawn), the registry of open
-//! tunnels, and the drain on shutdown. Following a VIP's ownership is in [`crate::listen`].
+//! Serving: the accept loop of both modes (limit, back off on accept errors, spawn) and the drain on
+//! shutdown; [`start`]: start_server/start_client; [`listen`]: listeners that follow the VIP;
+//! [`reload`]: SIGHUP / --reload-every.
 
-use std::collections::HashMap;
+pub(crate) mod listen;
+pub(crate) mod reload;
+mod start;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Keepalive, Transport};
-use crate::net;
-use crate::refuse::{refuse, RefuseReason};
-use crate::splice::{Counters, Cut};
-use crate::tunnel::{run_one, Mode};
+use crate::config::Keepalive;
+use crate::tunnel::net;
+use crate::tunnel::refuse::{refuse, RefuseReason};
+use crate::tunnel::registry::Tunnels;
+use crate::tunnel::{run_one, Ctx, Mode};
 
-/// What every connection task shares.
-#[derive(Debug)]
-pub struct Ctx<M> {
-    pub mode: M,
-    pub tunnels: Tunnels,
-    pub keepalive: Keepalive,
-    /// Cancelled when the drain time is over: connections still in their handshake end too.
-    pub hard_stop: CancellationToken,
-    pub metrics: crate::metrics::Metrics,
-    /// Where /metrics etc. are served, once bound.
-    pub ops_addr: std::sync::OnceLock<SocketAddr>,
-    /// The local addresses of the listeners serving now; a tunnel whose listener left this set
-    /// while it was in its handshake is cut as soon as it registers.
-    pub serving: Mutex<std::collections::HashSet<SocketAddr>>,
-}
-
-impl<M> Ctx<M> {
-    pub fn is_serving(&self, local: SocketAddr) -> bool {
-        self.serving.lock().unwrap_or_else(|p| p.into_inner()).contains(&local)
-    }
-
-    pub(crate) fn set_serving(&self, local: SocketAddr, on: bool) {
-        let mut set = self.serving.lock().unwrap_or_else(|p| p.into_inner());
-        if on {
-            set.insert(local);
-        } else {
-            set.remove(&local);
-        }
-    }
-}
-
-/// One open tunnel, as the registry sees it.
-#[derive(Debug)]
-pub struct TunnelEntry {
-    pub id: u64,
-    pub peer: SocketAddr,
-    pub listener: SocketAddr,
-    pub identity: String,
-    pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
-    pub transport: Transport,
-    pub started: Instant,
-    pub counters: Counters,
-    /// What the metrics have already counted of `counters`.
-    pub reported_up: AtomicU64,
-    pub reported_down: AtomicU64,
-    pub cut: Cut,
-}
-
-impl Counters {
-    pub fn totals(&self) -> (u64, u64) {
-        (self.up.load(Ordering::Relaxed), self.down.load(Ordering::Relaxed))
-    }
-}
-
-/// The open tunnels: for cutting them (drain, lost address, revocation) and for reporting.
-#[derive(Debug, Default)]
-pub struct Tunnels {
-    next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<TunnelEntry>>>,
-}
-
-impl Tunnels {
-    pub fn register(
-        &self,
-        peer: SocketAddr,
-        listener: SocketAddr,
-        identity: &str,
-        peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
-        transport: Transport,
-    ) -> Arc<TunnelEntry> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let entry = Arc::new(TunnelEntry {
-            id,
-            peer,
-            listener,
-            identity: identity.to_owned(),
-            peer_cert,
-            transport,
-            started: Instant::now(),
-            counters: Counters::default(),
-            reported_up: AtomicU64::new(0),
-            reported_down: AtomicU64::new(0),
-            cut: Cut::default(),
-        });
-        self.lock().insert(id, entry.clone());
-        entry
-    }
-
-    pub fn remove(&self, id: u64) {
-        self.lock().remove(&id);
-    }
-
-    pub fn snapshot(&self) -> Vec<Arc<TunnelEntry>> {
-        self.lock().values().cloned().collect()
-    }
-
-    /// Cuts every open tunnel `which` selects; returns how many.
-    pub fn cut_where(&self, why: &str, which: impl Fn(&TunnelEntry) -> bool) -> usize {
-        let chosen: Vec<_> = self.snapshot().into_iter().filter(|t| which(t)).collect();
-        for t in &chosen {
-            t.cut.cut(why);
-        }
-        chosen.len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<TunnelEntry>>> {
-        // A panic while holding this lock cannot leave the map inconsistent; keep serving.
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub use start::{start_client, start_server, StartError};
 
 /// A running proxy: its bound addresses, and the handle to stop it.
 #[derive(Debug)]
@@ -182,25 +76,25 @@ impl<M: Mode> Accepting<M> {
     }
 }
 
-/// Binds every listen address (or, with [`crate::listen::Follow::Ownership`], waits for it) and starts accepting.
-pub async fn start<M: Mode>(
+/// Binds every listen address (or, with [`listen::Follow::Ownership`], waits for it) and starts accepting.
+pub(crate) async fn start<M: Mode>(
     mode: M,
     listen: &[SocketAddr],
-    follow: crate::listen::Follow,
+    follow: listen::Follow,
     max_connections: u32,
     keepalive: Keepalive,
 ) -> Result<Running<M>, ListenError> {
     // Decide and bind everything first, so a bad address fails start-up before anything runs.
     let mut plan = Vec::new();
     for &addr in listen {
-        let followed = follow == crate::listen::Follow::Ownership && crate::listen::is_followed(addr);
+        let followed = follow == listen::Follow::Ownership && crate::os::is_followed(addr);
         let owned = if followed {
             crate::os::owns_address(addr.ip()).map_err(|source| ListenError::Ownership { addr, source })?
         } else {
             true
         };
         let listener = if owned {
-            Some(crate::listen::bind(addr).await.map_err(|source| ListenError::Bind { addr, source })?)
+            Some(listen::bind(addr).await.map_err(|source| ListenError::Bind { addr, source })?)
         } else {
             None
         };
@@ -233,7 +127,7 @@ pub async fn start<M: Mode>(
             if serving.is_none() {
                 tracing::info!(mode = M::NAME, listen = %addr, "standing by: this host does not own the address; will bind when it does");
             }
-            acc.loops.spawn(crate::listen::follow_address(addr, serving, acc.clone()));
+            acc.loops.spawn(listen::follow_address(addr, serving, acc.clone()));
         }
     }
     acc.loops.close();

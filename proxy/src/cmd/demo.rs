@@ -11,24 +11,24 @@ use anyhow::{ensure, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::AllowList;
 use crate::config::{
     self, Common, Endpoint, Keepalive, SourcePort, TlsFiles, TlsVersion, Transport, Upstream,
 };
-use crate::identity::AllowList;
 
 /// The demo PKI (certs-example/): public material, never for real use.
 const FILES: &[(&str, &str)] = &[
-    ("ca-cert.pem", include_str!("../../certs-example/ca-cert.pem")),
-    ("f3s-storage-ha-cert.pem", include_str!("../../certs-example/f3s-storage-ha-cert.pem")),
-    ("f3s-storage-ha-key.pem", include_str!("../../certs-example/f3s-storage-ha-key.pem")),
-    ("r0-cert.pem", include_str!("../../certs-example/r0-cert.pem")),
-    ("r0-key.pem", include_str!("../../certs-example/r0-key.pem")),
-    ("crl.pem", include_str!("../../certs-example/crl.pem")),
+    ("ca-cert.pem", include_str!("../../../certs-example/ca-cert.pem")),
+    ("f3s-storage-ha-cert.pem", include_str!("../../../certs-example/f3s-storage-ha-cert.pem")),
+    ("f3s-storage-ha-key.pem", include_str!("../../../certs-example/f3s-storage-ha-key.pem")),
+    ("r0-cert.pem", include_str!("../../../certs-example/r0-cert.pem")),
+    ("r0-key.pem", include_str!("../../../certs-example/r0-key.pem")),
+    ("crl.pem", include_str!("../../../certs-example/crl.pem")),
 ];
 
 const PAYLOAD: usize = 4 * 1024 * 1024;
 
-pub async fn run() -> anyhow::Result<()> {
+pub(crate) async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     for (name, text) in FILES {
         let mode = if name.ends_with("-key.pem") { ca_tool::fsutil::SECRET } else { ca_tool::fsutil::PUBLIC };
@@ -51,7 +51,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let (backend, backend_connections) = echo_backend().await?;
     let p = |name: &str| dir.path().join(name);
-    let server = crate::start_server(&config::Server {
+    let server = crate::serve::start_server(&config::Server {
         listen: vec![loopback()],
         backend: Endpoint { host: "127.0.0.1".into(), port: backend.port() },
         backend_source_port: SourcePort::Any,
@@ -72,10 +72,12 @@ pub async fn run() -> anyhow::Result<()> {
         }],
         common: common(cert, key, &p("ca-cert.pem")),
     };
-    let r0 = crate::start_client(&client_cfg(&p("r0-cert.pem"), &p("r0-key.pem"))).await?;
-    let intruder =
-        crate::start_client(&client_cfg(&other.join("intruder-cert.pem"), &other.join("intruder-key.pem")))
-            .await?;
+    let r0 = crate::serve::start_client(&client_cfg(&p("r0-cert.pem"), &p("r0-key.pem"))).await?;
+    let intruder = crate::serve::start_client(&client_cfg(
+        &other.join("intruder-cert.pem"),
+        &other.join("intruder-key.pem"),
+    ))
+    .await?;
 
     // r0: 4 MiB through client -> TLS -> server -> echo backend and back.
     let data: Vec<u8> = (0..PAYLOAD).map(|i| (i * 31 % 251) as u8).collect();
@@ -123,6 +125,7 @@ fn common(cert: &Path, key: &Path, ca: &Path) -> Common {
         connect_timeout: Duration::from_secs(5),
         max_connections: 64,
         keepalive: Keepalive::After(Duration::from_secs(60)),
+        key_update_every: None,
         drain_timeout: Duration::from_secs(1),
         reload_every: None,
         metrics: None,

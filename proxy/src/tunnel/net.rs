@@ -13,7 +13,7 @@ use crate::config::{Endpoint, Keepalive, SourcePort};
 
 /// TCP_NODELAY (NFS RPCs are small and latency-bound) and keepalive (so a peer that vanished in a
 /// failover is noticed instead of holding the tunnel for ever).
-pub fn tune(tcp: &TcpStream, keepalive: Keepalive) {
+pub(crate) fn tune(tcp: &TcpStream, keepalive: Keepalive) {
     let _ = tcp.set_nodelay(true);
     if let Keepalive::After(idle) = keepalive {
         let params = socket2::TcpKeepalive::new()
@@ -25,7 +25,7 @@ pub fn tune(tcp: &TcpStream, keepalive: Keepalive) {
 }
 
 /// Resolves `endpoint` and connects to the first address that answers within `timeout` overall.
-pub async fn connect(
+pub(crate) async fn connect(
     endpoint: &Endpoint,
     timeout: Duration,
     keepalive: Keepalive,
@@ -78,7 +78,7 @@ async fn connect_reserved(addr: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// [`connect`], choosing the source port.
-pub async fn connect_from(
+pub(crate) async fn connect_from(
     endpoint: &Endpoint,
     source: SourcePort,
     timeout: Duration,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// The translation, and what was weak about the original.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Converted {
+pub(crate) struct Converted {
     pub toml: String,
     pub warnings: Vec<String>,
 }
@@ -22,7 +22,7 @@ struct Opt {
 }
 
 /// Translates `text` (the contents of `path`). `service` picks one `[section]` when there are several.
-pub fn convert(text: &str, path: &Path, service: Option<&str>) -> Result<Converted, Vec<String>> {
+pub(crate) fn convert(text: &str, path: &Path, service: Option<&str>) -> Result<Converted, Vec<String>> {
     let file = path.display().to_string();
     let mut errors = Vec::new();
     let err = |line: usize, msg: String| format!("{file}:{line}: {msg}");

@@ -1,6 +1,16 @@
 //! The one loader of certificates, keys, CA and CRL into rustls configurations, used at start-up (and
 //! by reload). Everything is read and checked here; an error names the file and the problem.
 
+//!
+//! Submodules: [`identity`] (peer names, the allow-list verifier), [`handshake`] (rustls, unbuffered,
+//! ending in a [`link::Link`]), [`link`] (the data phase, rustls' record layer on our buffers),
+//! [`buffer`] (pooled copy buffers).
+
+pub(crate) mod buffer;
+pub(crate) mod handshake;
+pub(crate) mod identity;
+pub(crate) mod link;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,8 +21,9 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
+use crate::config::AllowList;
 use crate::config::{TlsFiles, TlsVersion, Transport};
-use crate::identity::{AllowList, AllowListVerifier};
+use identity::AllowListVerifier;
 
 /// Certificate material that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +51,7 @@ pub enum TlsError {
 
 /// The crypto provider, always passed explicitly: ring (aws-lc-rs does not build for FreeBSD here,
 /// and two providers compiled in make rustls panic at run time).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -100,7 +111,7 @@ fn key_error(files: &TlsFiles, key_path: PathBuf, e: rustls::Error) -> TlsError 
 /// Server side: require a client certificate from `files.ca`, checked against `crl` and `allow`.
 /// No session resumption (no tickets, no cache), so every connection meets the current CA, CRL and
 /// allow-list.
-pub fn server_config(
+pub(crate) fn server_config(
     files: &TlsFiles,
     crl: Option<&Path>,
     enforce_crl_expiry: bool,
@@ -134,8 +145,6 @@ pub fn server_config(
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
         config.alpn_protocols = alpn;
-        // The record layer after the handshake is ours (crate::record).
-        config.enable_secret_extraction = true;
         Ok(Arc::new(config))
     };
     let config = build(versions(min), Vec::new())?;
@@ -157,7 +166,7 @@ pub struct ServerTls {
 
 /// Client side: present our certificate, verify the server's against `files.ca`. No resumption.
 /// Towards an RPC-with-TLS server: TLS 1.3 only, offering ALPN "sunrpc".
-pub fn client_config(
+pub(crate) fn client_config(
     files: &TlsFiles,
     min: TlsVersion,
     protocol: Transport,
@@ -174,8 +183,6 @@ pub fn client_config(
         .with_client_auth_cert(chain, key)
         .map_err(|e| key_error(files, key_path, e))?;
     config.resumption = rustls::client::Resumption::disabled();
-    // The record layer after the handshake is ours (crate::record).
-    config.enable_secret_extraction = true;
     if protocol == Transport::RpcTls {
         config.alpn_protocols = vec![crate::rpc::ALPN.to_vec()];
     }

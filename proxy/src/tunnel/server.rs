@@ -10,13 +10,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Endpoint, Keepalive, SourcePort, Transport};
-use crate::identity::peer_name;
-use crate::link;
-use crate::net;
-use crate::refuse::RefuseReason;
 use crate::rpc::{self, RpcError};
+use crate::tls::handshake;
+use crate::tls::identity::peer_name;
 use crate::tls::ServerTls;
-use crate::tunnel::{Mode, Opened};
+use crate::tunnel::net;
+use crate::tunnel::refuse::RefuseReason;
+use crate::tunnel::{key_policy, Established, Mode};
 
 /// TLS record type of a handshake: the first byte of every TLS ClientHello.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -32,13 +32,15 @@ pub struct ServerMode {
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub keepalive: Keepalive,
+    /// Hidden test knob, see [`crate::config::Common::key_update_every`].
+    pub key_update_every: Option<u64>,
 }
 
 impl Mode for ServerMode {
     const NAME: &'static str = "server";
     const TLS_INBOUND: bool = true;
 
-    async fn open(&self, tcp: TcpStream, _peer: SocketAddr) -> Result<Opened, RefuseReason> {
+    async fn open(&self, tcp: TcpStream, _peer: SocketAddr) -> Result<Established, RefuseReason> {
         let deadline = Instant::now() + self.handshake_timeout;
         let mut tcp = tcp;
         let transport = sniff(&tcp, deadline, self.rpc_tls).await?;
@@ -55,9 +57,14 @@ impl Mode for ServerMode {
                 self.tls.borrow().rpc_config.clone()
             }
         };
-        let link = match tokio::time::timeout_at(deadline, link::accept(config, tcp)).await {
+        let link = match tokio::time::timeout_at(
+            deadline,
+            handshake::accept(config, tcp, key_policy(transport, self.key_update_every)),
+        )
+        .await
+        {
             Err(_) => return Err(RefuseReason::HandshakeTimeout),
-            Ok(Err(e)) => return Err(RefuseReason::from_link(e)),
+            Ok(Err(e)) => return Err(RefuseReason::from_handshake(e)),
             Ok(Ok(link)) => link,
         };
         let peer_cert = link.peer_certificates().first().cloned();
@@ -66,7 +73,7 @@ impl Mode for ServerMode {
             net::connect_from(&self.backend, self.backend_source_port, self.connect_timeout, self.keepalive)
                 .await
                 .map_err(|e| RefuseReason::Unreachable(format!("backend {e}")))?;
-        Ok(Opened {
+        Ok(Established {
             tls: link.negotiated().to_owned(),
             link,
             plain: backend,
@@ -83,7 +90,7 @@ impl Mode for ServerMode {
         let (mut tcp, addr) = net::connect(&self.backend, self.connect_timeout, Keepalive::Off)
             .await
             .map_err(|e| format!("backend {e}"))?;
-        rpc::nfs_null(&mut tcp, rpc::next_xid(), crate::ops::HEALTH_TIMEOUT)
+        rpc::nfs_null(&mut tcp, rpc::next_xid(), crate::tunnel::HEALTH_TIMEOUT)
             .await
             .map_err(|e| format!("backend {addr}: NFS NULL call failed: {e}"))?;
         Ok(format!("backend {addr} answered an NFS NULL call"))

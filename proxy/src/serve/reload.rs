@@ -5,12 +5,12 @@
 
 use rustls::pki_types::UnixTime;
 
-use crate::client::ClientMode;
 use crate::config;
-use crate::refuse::RefuseReason;
 use crate::serve::Running;
-use crate::server::ServerMode;
 use crate::tls::{self, TlsError};
+use crate::tunnel::client::ClientMode;
+use crate::tunnel::refuse::RefuseReason;
+use crate::tunnel::server::ServerMode;
 
 /// Reloads a server; returns how many open tunnels were cut.
 pub fn reload_server(running: &Running<ServerMode>, cfg: &config::Server) -> Result<usize, TlsError> {
@@ -30,7 +30,7 @@ pub fn reload_server(running: &Running<ServerMode>, cfg: &config::Server) -> Res
                 reason = reason.word(),
                 "closing open tunnel: the reloaded configuration no longer admits its certificate"
             );
-            tunnel.cut.cut(&format!("{} after reload", reason.word()));
+            tunnel.cut(&format!("{} after reload", reason.word()));
             cut += 1;
         }
     }

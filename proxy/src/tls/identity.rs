@@ -1,40 +1,18 @@
-//! Who the TLS peer is (from its certificate) and whether the allow-list admits it. The allow-list is
-//! checked inside the handshake, so a refused client gets a TLS alert and the backend is never dialled.
+//! Who the TLS peer is (from its certificate), and the client-certificate verifier that applies the
+//! allow-list ([`crate::config::AllowList`]) inside the handshake, so a refused client gets a TLS alert
+//! and the backend is never dialled.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::config::AllowList;
 use ca_tool::inspect::CertInfo;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-/// The names (certificate CN or DNS SAN) admitted; empty admits every certificate the CA signed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList(BTreeSet<String>);
-
-impl AllowList {
-    pub fn new(names: impl IntoIterator<Item = String>) -> Self {
-        Self(names.into_iter().map(|n| n.to_ascii_lowercase()).collect())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(String::as_str)
-    }
-
-    /// Whether the certificate's CN or one of its DNS SANs is on the list.
-    pub fn permits(&self, cert: &CertInfo) -> bool {
-        self.0.is_empty() || cert.names().any(|n| self.0.contains(&n.to_ascii_lowercase()))
-    }
-}
-
 /// The name a peer is logged under: its certificate's CN (or first DNS SAN).
-pub fn peer_name(certs: Option<&[CertificateDer<'_>]>) -> String {
+pub(crate) fn peer_name(certs: Option<&[CertificateDer<'_>]>) -> String {
     certs
         .and_then(|c| c.first())
         .and_then(|leaf| CertInfo::parse(leaf).ok())
@@ -44,7 +22,7 @@ pub fn peer_name(certs: Option<&[CertificateDer<'_>]>) -> String {
 
 /// Wraps the CA/CRL verifier and then applies the allow-list, during the handshake.
 #[derive(Debug)]
-pub struct AllowListVerifier {
+pub(crate) struct AllowListVerifier {
     pub inner: Arc<dyn ClientCertVerifier>,
     pub allow: AllowList,
 }

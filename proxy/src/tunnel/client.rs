@@ -11,12 +11,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{Keepalive, Transport, Upstream};
-use crate::identity::peer_name;
-use crate::link::{self, Link};
-use crate::net;
-use crate::refuse::RefuseReason;
 use crate::rpc;
-use crate::tunnel::{Mode, Opened};
+use crate::tls::handshake;
+use crate::tls::identity::peer_name;
+use crate::tls::link::Link;
+use crate::tunnel::net;
+use crate::tunnel::refuse::RefuseReason;
+use crate::tunnel::{key_policy, Established, Mode};
 
 #[derive(Debug)]
 pub struct ClientMode {
@@ -27,19 +28,21 @@ pub struct ClientMode {
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub keepalive: Keepalive,
+    /// Hidden test knob, see [`crate::config::Common::key_update_every`].
+    pub key_update_every: Option<u64>,
 }
 
 impl Mode for ClientMode {
     const NAME: &'static str = "client";
     const TLS_INBOUND: bool = false;
 
-    async fn open(&self, tcp: TcpStream, peer: SocketAddr) -> Result<Opened, RefuseReason> {
+    async fn open(&self, tcp: TcpStream, peer: SocketAddr) -> Result<Established, RefuseReason> {
         let mut last = RefuseReason::Unreachable("no server configured".into());
         for upstream in &self.servers {
-            match self.handshake(upstream).await {
+            match self.dial(upstream).await {
                 Ok((link, addr)) => {
                     let identity = peer_name(Some(link.peer_certificates()));
-                    return Ok(Opened {
+                    return Ok(Established {
                         tls: link.negotiated().to_owned(),
                         link,
                         plain: tcp,
@@ -62,7 +65,7 @@ impl Mode for ClientMode {
     async fn health(&self) -> Result<String, String> {
         let mut problems = Vec::new();
         for upstream in &self.servers {
-            match self.handshake(upstream).await {
+            match self.dial(upstream).await {
                 Ok((link, addr)) => {
                     let who = peer_name(Some(link.peer_certificates()));
                     return Ok(format!("TLS handshake with {} ({addr}, {who})", upstream.endpoint));
@@ -75,8 +78,8 @@ impl Mode for ClientMode {
 }
 
 impl ClientMode {
-    /// Connect (and probe, in rpc-tls mode) and complete a TLS handshake with one server.
-    pub(crate) async fn handshake(&self, upstream: &Upstream) -> Result<(Link, SocketAddr), RefuseReason> {
+    /// Dials one server: connect, the RFC 9289 probe (rpc-tls mode), and a complete TLS handshake.
+    pub(crate) async fn dial(&self, upstream: &Upstream) -> Result<(Link, SocketAddr), RefuseReason> {
         let name = ServerName::try_from(upstream.server_name.clone()).map_err(|_| {
             RefuseReason::Tls(format!("{:?} is not a valid server name", upstream.server_name))
         })?;
@@ -92,9 +95,14 @@ impl ClientMode {
             }
         }
         let config = self.tls.borrow().clone();
-        match tokio::time::timeout_at(deadline, link::connect(config, name, tcp)).await {
+        match tokio::time::timeout_at(
+            deadline,
+            handshake::connect(config, name, tcp, key_policy(self.protocol, self.key_update_every)),
+        )
+        .await
+        {
             Err(_) => Err(RefuseReason::HandshakeTimeout),
-            Ok(Err(e)) => Err(RefuseReason::from_link(e)),
+            Ok(Err(e)) => Err(RefuseReason::from_handshake(e)),
             Ok(Ok(link)) => Ok((link, addr)),
         }
     }

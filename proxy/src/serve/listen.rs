@@ -12,16 +12,10 @@ use crate::serve::Accepting;
 use crate::tunnel::Mode;
 
 /// How often an address this host may gain or lose (a VIP) is checked.
-pub const ADDRESS_POLL: Duration = Duration::from_millis(500);
-
-/// Whether a server listen address follows ownership: every address but wildcard and loopback ones,
-/// which are always this host's.
-pub fn is_followed(addr: SocketAddr) -> bool {
-    !addr.ip().is_unspecified() && !addr.ip().is_loopback()
-}
+pub(crate) const ADDRESS_POLL: Duration = Duration::from_millis(500);
 
 /// Binds `addr`; returns the listener and the address it got (the port, if 0 was asked for).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
@@ -29,7 +23,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 
 /// Which listen addresses follow ownership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Follow {
+pub(crate) enum Follow {
     /// Bind every address at start; failing to bind is an error (client mode).
     No,
     /// An address this host does not own is waited for, and released when the host loses it

@@ -78,8 +78,8 @@ impl RefuseReason {
         }
     }
 
-    /// Maps a failed TLS handshake (as tokio-rustls reports it) to a reason.
-    pub fn from_handshake(error: &std::io::Error) -> Self {
+    /// Maps an I/O error during the handshake to a reason (a rustls error inside it is unwrapped).
+    fn from_io(error: &std::io::Error) -> Self {
         if let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
             return Self::from_tls(tls);
         }
@@ -91,14 +91,13 @@ impl RefuseReason {
         }
     }
 
-    /// A handshake that did not complete (see [`crate::link`]).
-    pub fn from_link(error: crate::link::HandshakeError) -> Self {
-        use crate::link::HandshakeError as H;
+    /// A handshake that did not complete (see [`crate::tls::handshake`]).
+    pub fn from_handshake(error: crate::tls::handshake::HandshakeError) -> Self {
+        use crate::tls::handshake::HandshakeError as H;
         match error {
             H::Tls(e) => Self::from_tls(&e),
-            H::Io(e) => Self::from_handshake(&e),
+            H::Io(e) => Self::from_io(&e),
             H::Closed => Self::ClosedEarly,
-            H::Record(e) => Self::Tls(e.to_string()),
         }
     }
 
@@ -158,8 +157,8 @@ impl fmt::Display for RefuseReason {
 }
 
 /// Logs and counts a refused connection: the only place that does.
-pub fn refuse(metrics: &crate::metrics::Metrics, peer: SocketAddr, reason: &RefuseReason) {
-    metrics.refused(reason);
+pub(crate) fn refuse(metrics: &crate::metrics::Metrics, peer: SocketAddr, reason: &RefuseReason) {
+    metrics.refused(reason.word());
     match reason.detail() {
         Some(detail) => tracing::warn!(%peer, reason = reason.word(), detail, "connection refused"),
         None => tracing::warn!(%peer, reason = reason.word(), "connection refused"),

@@ -11,18 +11,11 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{ServerName, UnixTime};
 use time::OffsetDateTime;
 
-use crate::config::{self, Command, TlsFiles};
-
-/// Which mode a configuration file is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CheckMode {
-    Server,
-    Client,
-}
+use crate::config::{self, CheckMode, Command, TlsFiles};
 
 /// What `check` found: the summary lines, and the problems (each one line).
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub summary: String,
     pub warnings: Vec<String>,
     pub problems: Vec<String>,
@@ -35,7 +28,7 @@ impl Report {
 }
 
 /// Runs every check on `file`.
-pub async fn check(file: &Path, mode: Option<CheckMode>) -> Report {
+pub(crate) async fn check(file: &Path, mode: Option<CheckMode>) -> Report {
     let mut r = Report::default();
     let mode = match mode.map(Ok).unwrap_or_else(|| detect_mode(file)) {
         Ok(m) => m,
@@ -140,21 +133,23 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
     let Ok(tls) = tls else { return };
     // The server's certificate is only known by asking: a handshake with each server that answers,
     // made exactly as the client makes it.
-    let mode = crate::client::ClientMode {
+    let mode = crate::tunnel::client::ClientMode {
         tls: tokio::sync::watch::Sender::new(tls),
         servers: cfg.servers.clone(),
         protocol: cfg.upstream_protocol,
-        handshake_timeout: c.connect_timeout,
+        // The same deadlines as a real tunnel, so `check` fails where start-up would.
+        handshake_timeout: c.handshake_timeout,
         connect_timeout: c.connect_timeout,
         keepalive: config::Keepalive::Off,
+        key_update_every: None,
     };
     for s in &cfg.servers {
-        match mode.handshake(s).await {
+        match mode.dial(s).await {
             Ok((link, addr)) => {
-                let who = crate::identity::peer_name(Some(link.peer_certificates()));
+                let who = crate::tls::identity::peer_name(Some(link.peer_certificates()));
                 r.line("server cert", format!("{}: {addr} is {who}; carries {}", s.endpoint, s.server_name))
             }
-            Err(crate::refuse::RefuseReason::Unreachable(e)) => r.warnings.push(format!(
+            Err(crate::tunnel::refuse::RefuseReason::Unreachable(e)) => r.warnings.push(format!(
                 "server {}: not reachable now ({e}); its certificate was not checked",
                 s.endpoint
             )),
@@ -240,7 +235,7 @@ fn dates(
         r.problems.push(format!("{}: the {what} expired on {}", path.display(), format_time(until)));
     } else if from > now {
         r.problems.push(format!("{}: the {what} is not valid before {}", path.display(), format_time(from)));
-    } else if until - now < crate::expiry::WARN_WITHIN {
+    } else if until - now < crate::ops::expiry::WARN_WITHIN {
         r.warnings.push(format!(
             "{}: the {what} expires within 30 days ({})",
             path.display(),
@@ -312,7 +307,7 @@ fn crl(r: &mut Report, path: &Path, ca: &Path) {
                 path.display(),
                 format_time(at)
             )),
-            Some(at) if at - now < crate::expiry::WARN_WITHIN => r.warnings.push(format!(
+            Some(at) if at - now < crate::ops::expiry::WARN_WITHIN => r.warnings.push(format!(
                 "{}: nextUpdate within 30 days ({})",
                 path.display(),
                 format_time(at)

@@ -1,0 +1,343 @@
+//! Configuration: raw arguments ([`args`]: clap + the TOML file) are resolved once into [`Server`] and
+//! [`Client`], whose fields are real types (addresses, durations, non-empty lists), so nothing later
+//! re-checks them.
+
+mod allow;
+pub mod args;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use allow::AllowList;
+pub use args::*;
+
+use crate::os::Privileges;
+
+/// A host (name or address) and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self { host: addr.ip().to_string(), port: addr.port() });
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+        let port = port.parse().map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
+        if host.is_empty() || host.contains(':') || !ca_tool::ca::is_dns_name(host) {
+            return Err(format!("{s:?}: {host:?} is not a host name or address"));
+        }
+        Ok(Self { host: host.to_owned(), port })
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+fn parse_tls_version(s: &str) -> Result<TlsVersion, String> {
+    match s {
+        "1.2" => Ok(TlsVersion::Tls12),
+        "1.3" => Ok(TlsVersion::Tls13),
+        _ => Err(format!("{s:?}: expected 1.2 or 1.3")),
+    }
+}
+
+/// Which mode a configuration file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckMode {
+    Server,
+    Client,
+}
+
+/// TCP keepalive settings for every leg of a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keepalive {
+    Off,
+    /// Probe after this much idle time (then every 10 s, 6 times).
+    After(Duration),
+}
+
+fn parse_keepalive(s: &str) -> Result<Keepalive, String> {
+    if s == "off" {
+        return Ok(Keepalive::Off);
+    }
+    parse_duration(s).map(Keepalive::After)
+}
+
+/// `127.0.0.1:9469`, or a bare port for loopback.
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| format!("{s:?} is not an address (e.g. 127.0.0.1:9469) or a port"))
+}
+
+/// `10` (seconds), `10s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 10, 10s, 2m)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{s:?} is out of range"))
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// How TLS starts on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Transport {
+    /// TLS from the first byte (stunnel style).
+    #[default]
+    Tls,
+    /// RFC 9289: an AUTH_TLS NULL probe answered with STARTTLS, then TLS 1.3.
+    RpcTls,
+}
+
+impl Transport {
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::RpcTls => "rpc-tls",
+        }
+    }
+}
+
+/// Which local port the backend connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SourcePort {
+    /// Whatever the OS picks.
+    #[default]
+    Any,
+    /// A port below 1024 (what Linux's `secure` export option asks for).
+    Reserved,
+}
+
+/// The certificate files of either mode.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    /// None: the key is in the certificate file.
+    pub key: Option<PathBuf>,
+    pub ca: PathBuf,
+    /// Accept a key file that group or others may read (`--insecure-key-permissions`).
+    pub insecure_key_permissions: bool,
+}
+
+/// What both modes need besides their own fields.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub tls: TlsFiles,
+    pub min_tls: TlsVersion,
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_connections: u32,
+    pub keepalive: Keepalive,
+    pub drain_timeout: Duration,
+    pub reload_every: Option<Duration>,
+    /// Where /metrics, /healthz and /tunnels are served.
+    pub metrics: Option<SocketAddr>,
+    /// Whom to run as after binding.
+    pub privileges: Option<Privileges>,
+    /// Records under one key before we change keys (hidden test knob; default: the library's limits).
+    pub key_update_every: Option<u64>,
+}
+
+/// A resolved server configuration.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub backend: Endpoint,
+    pub backend_source_port: SourcePort,
+    /// Whether RFC 9289 clients are answered.
+    pub rpc_tls: bool,
+    pub crl: Option<PathBuf>,
+    /// Refuse everyone once the CRL's nextUpdate has passed.
+    pub enforce_crl_expiry: bool,
+    pub allow: AllowList,
+    pub common: Common,
+}
+
+/// A resolved client configuration.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub listen: Vec<SocketAddr>,
+    pub servers: Vec<Upstream>,
+    pub upstream_protocol: Transport,
+    pub common: Common,
+}
+
+/// One storage server the client may use, and the name its certificate must carry.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub endpoint: Endpoint,
+    pub server_name: String,
+}
+
+/// A configuration that cannot be used; one line naming the flag or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required (as a flag, or as a key in the --config file)")]
+    Missing(&'static str),
+    #[error("{path}: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Args(String),
+}
+
+pub const DEFAULT_CLIENT_LISTEN: &str = "127.0.0.1:2323";
+
+impl Common {
+    fn resolve(args: &CommonArgs) -> Result<Self, ConfigError> {
+        Ok(Self {
+            tls: TlsFiles {
+                cert: args.cert.clone().ok_or(ConfigError::Missing("--cert"))?,
+                key: args.key.clone(),
+                ca: args.ca.clone().ok_or(ConfigError::Missing("--ca"))?,
+                insecure_key_permissions: args.insecure_key_permissions,
+            },
+            min_tls: args.min_tls.unwrap_or(TlsVersion::Tls13),
+            handshake_timeout: args.handshake_timeout.unwrap_or(Duration::from_secs(10)),
+            connect_timeout: args.connect_timeout.unwrap_or(Duration::from_secs(5)),
+            max_connections: args.max_connections.unwrap_or(1024),
+            keepalive: args.keepalive.unwrap_or(Keepalive::After(Duration::from_secs(60))),
+            drain_timeout: args.drain_timeout.unwrap_or(Duration::from_secs(5)),
+            reload_every: args.reload_every,
+            metrics: args.metrics,
+            key_update_every: args.key_update_every,
+            privileges: match &args.user {
+                None => None,
+                Some(user) => {
+                    Some(Privileges::resolve(user, args.group.as_deref()).map_err(ConfigError::Args)?)
+                }
+            },
+        })
+    }
+}
+
+impl Server {
+    pub fn resolve(args: &ServerArgs) -> Result<Self, ConfigError> {
+        if args.listen.is_empty() {
+            return Err(ConfigError::Missing("--listen"));
+        }
+        let backend = args.backend.clone().ok_or(ConfigError::Missing("--backend"))?;
+        let common = Common::resolve(&args.common)?;
+        let backend_source_port = args.backend_source_port.unwrap_or_default();
+        if common.privileges.is_some() {
+            if backend_source_port == SourcePort::Reserved {
+                return Err(ConfigError::Args(
+                    "--backend-source-port reserved needs root for every backend connection; it cannot be \
+                     combined with --user"
+                        .into(),
+                ));
+            }
+            // A VIP is re-bound after every failover, long after privileges are gone.
+            if let Some(addr) = args.listen.iter().find(|a| a.port() < 1024 && crate::os::is_followed(**a)) {
+                return Err(ConfigError::Args(format!(
+                    "--listen {addr} with --user: after dropping privileges the address could not be bound \
+                     again after a failover (port below 1024); use a port from 1024 up or run without --user"
+                )));
+            }
+        }
+        Ok(Self {
+            listen: args.listen.clone(),
+            backend,
+            backend_source_port,
+            rpc_tls: args.rpc_tls != Some(OnOff::Off),
+            crl: args.crl.clone(),
+            enforce_crl_expiry: args.enforce_crl_expiry,
+            allow: AllowList::new(args.allow_cn.iter().cloned()),
+            common,
+        })
+    }
+}
+
+impl Client {
+    pub fn resolve(args: &ClientArgs) -> Result<Self, ConfigError> {
+        if args.server.is_empty() {
+            return Err(ConfigError::Missing("--server"));
+        }
+        let listen = if args.listen.is_empty() {
+            vec![DEFAULT_CLIENT_LISTEN.parse().map_err(|_| ConfigError::Missing("--listen"))?]
+        } else {
+            args.listen.clone()
+        };
+        let servers = args
+            .server
+            .iter()
+            .map(|endpoint| Upstream {
+                endpoint: endpoint.clone(),
+                server_name: args.server_name.clone().unwrap_or_else(|| endpoint.host.clone()),
+            })
+            .collect();
+        Ok(Self {
+            listen,
+            servers,
+            upstream_protocol: args.upstream_protocol.unwrap_or_default(),
+            common: Common::resolve(&args.common)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_plain_seconds_and_units() {
+        for (text, want) in [
+            ("10", Duration::from_secs(10)),
+            ("10s", Duration::from_secs(10)),
+            ("2m", Duration::from_secs(120)),
+            ("500ms", Duration::from_millis(500)),
+            ("1h", Duration::from_secs(3600)),
+            ("1.5s", Duration::from_millis(1500)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "s", "10x", "-1", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn endpoints_take_addresses_and_host_names() {
+        assert_eq!(Endpoint::parse("127.0.0.1:2049"), Ok(Endpoint { host: "127.0.0.1".into(), port: 2049 }));
+        assert_eq!(Endpoint::parse("[::1]:2049"), Ok(Endpoint { host: "::1".into(), port: 2049 }));
+        assert_eq!(
+            Endpoint::parse("f3s-storage-ha:2323"),
+            Ok(Endpoint { host: "f3s-storage-ha".into(), port: 2323 })
+        );
+        for bad in ["f3s", "f3s:", "f3s:99999", ":2323", "a b:1"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

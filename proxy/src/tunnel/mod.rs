@@ -1,0 +1,159 @@
+//! One accepted connection, from accept to the "tunnel closed" line, the same for both modes:
+//! open (mode-specific: handshake, authorize, connect) -> splice -> one summary line.
+//!
+//! - [`Mode`], [`Ctx`], [`run_one`]: the pipeline; [`server`], [`client`]: each mode's `open()`
+//! - [`splice`]: the two-way copy; [`refuse`]: refusal reasons and their one log line
+//! - [`registry`]: the open tunnels; [`net`]: socket options and dialling
+
+pub(crate) mod client;
+pub(crate) mod net;
+pub(crate) mod refuse;
+pub(crate) mod registry;
+pub(crate) mod server;
+pub(crate) mod splice;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Keepalive, Transport};
+use crate::tls::link::{KeyPolicy, Link, RPC_TLS_RECORD_LIMIT};
+use refuse::{refuse, RefuseReason};
+use registry::Tunnels;
+use splice::splice;
+
+/// When a tunnel's TLS leg changes keys: RFC 9289 peers (kernel TLS) are never sent a KeyUpdate.
+pub(crate) fn key_policy(transport: Transport, every: Option<u64>) -> KeyPolicy {
+    match transport {
+        Transport::Tls => KeyPolicy::Rekey { every },
+        Transport::RpcTls => KeyPolicy::EndTunnel { after: every.unwrap_or(RPC_TLS_RECORD_LIMIT) },
+    }
+}
+
+/// How long a `/healthz` probe of the far side may take.
+pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub struct Ctx<M> {
+    pub mode: M,
+    pub tunnels: Tunnels,
+    pub keepalive: Keepalive,
+    /// Cancelled when the drain time is over: connections still in their handshake end too.
+    pub hard_stop: CancellationToken,
+    pub metrics: crate::metrics::Metrics,
+    /// Where /metrics etc. are served, once bound.
+    pub ops_addr: OnceLock<SocketAddr>,
+    /// The local addresses of the listeners serving now; a tunnel whose listener left this set
+    /// while it was in its handshake is cut as soon as it registers.
+    pub serving: Mutex<HashSet<SocketAddr>>,
+}
+
+impl<M> Ctx<M> {
+    pub fn is_serving(&self, local: SocketAddr) -> bool {
+        self.serving.lock().unwrap_or_else(|p| p.into_inner()).contains(&local)
+    }
+
+    pub(crate) fn set_serving(&self, local: SocketAddr, on: bool) {
+        let mut set = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            set.insert(local);
+        } else {
+            set.remove(&local);
+        }
+    }
+}
+
+/// An open tunnel's two sides and who is at the far end.
+#[derive(Debug)]
+pub struct Established {
+    /// The TLS side: accepted in server mode, dialled in client mode.
+    pub(crate) link: Link,
+    /// The plain side: the NFS server (server mode) or the local NFS client (client mode).
+    pub(crate) plain: TcpStream,
+    /// CN of the certificate the TLS peer presented (the client's on a server, the server's on a client).
+    pub(crate) identity: String,
+    /// The address dialled.
+    pub(crate) upstream: SocketAddr,
+    /// The client certificate (server mode), re-checked against the CRL and allow-list on reload.
+    pub(crate) peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// How TLS started on the TLS leg: stunnel-style or RFC 9289.
+    pub(crate) transport: Transport,
+    /// Negotiated TLS version and cipher suite, e.g. `TLSv1_3/TLS13_AES_256_GCM_SHA384`.
+    pub(crate) tls: String,
+}
+
+/// What differs between server and client mode: how a tunnel is opened.
+pub trait Mode: Send + Sync + 'static {
+    /// `server` or `client`, for logs.
+    const NAME: &'static str;
+
+    /// Whether the accepted side is the TLS one (server mode), so that "up" is TLS -> plain.
+    const TLS_INBOUND: bool;
+
+    /// Handshake, authorize and connect, each under its own timeout. Any failure is a refusal, and
+    /// happens before a byte of application data is forwarded.
+    fn open(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Result<Established, RefuseReason>> + Send;
+
+    /// Whether the far side works (for `/healthz`): a one-line description either way.
+    fn health(&self) -> impl Future<Output = Result<String, String>> + Send;
+}
+
+/// Runs one connection to its end and logs its summary.
+pub(crate) async fn run_one<M: Mode>(
+    ctx: Arc<Ctx<M>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: SocketAddr,
+) {
+    let started = Instant::now();
+    let opened = tokio::select! {
+        opened = ctx.mode.open(tcp, peer) => opened,
+        _ = ctx.hard_stop.cancelled() => return,
+    };
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(reason) => return refuse(&ctx.metrics, peer, &reason),
+    };
+    let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert, opened.transport);
+    if !ctx.is_serving(listener) {
+        // The listener's address was lost while this connection was in its handshake.
+        entry.cut("listen address lost during the handshake");
+    }
+    let transport = opened.transport.word();
+    ctx.metrics.opened(&opened.identity, transport, started.elapsed());
+    tracing::info!(
+        %peer,
+        identity = %opened.identity,
+        upstream = %opened.upstream,
+        transport,
+        tls = %opened.tls,
+        "tunnel opened"
+    );
+    let end = splice(opened.link, opened.plain, M::TLS_INBOUND, &entry.counters, &entry.switch).await;
+    ctx.tunnels.remove(entry.id);
+    let (up, down) = entry.unreported();
+    ctx.metrics.add_bytes(&entry.identity, up, down);
+    ctx.metrics.closed(&entry.identity, transport);
+    let (bytes_up, bytes_down) = entry.counters.totals();
+    tracing::info!(
+        %peer,
+        identity = %opened.identity,
+        upstream = %opened.upstream,
+        transport,
+        bytes_up,
+        bytes_down,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = %end,
+        "tunnel closed"
+    );
+}

@@ -1,0 +1,270 @@
+//! The two-way copy of an open tunnel, between the TLS link ([`Link`]: plaintext in and out, rustls
+//! inside) and the plain socket. It moves buffers; it knows nothing of records or keys.
+//!
+//! Half-close is passed on: end of input on one side (TCP FIN, or TLS close_notify) becomes a
+//! shutdown on the other (FIN, or close_notify then FIN), and the other direction keeps flowing. A
+//! stream that breaks arrives broken: a reset, a read error, a TLS failure or a truncated record on
+//! either side ends the whole tunnel and both sockets are closed with a TCP reset (`SO_LINGER` 0), so
+//! the NFS client or server, and the peer proxy, see ECONNRESET rather than a clean end of stream.
+
+use std::io::{ErrorKind, IoSliceMut};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use super::registry::{Counters, Cut};
+use crate::rpc::RecordMarks;
+use crate::tls::buffer::Buffer;
+use crate::tls::link::{Link, LinkError};
+
+/// How a tunnel ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// Both directions finished with an orderly close.
+    Closed,
+    /// The TLS side failed: a TLS error (alert sent or received), a truncated record, a reset.
+    Tls(LinkError),
+    /// The plain side failed (`op` is `read` or `write`).
+    Plain { op: &'static str, error: std::io::Error },
+    /// Towards an RFC 9289 peer, the key sealed its share of records: ended at an RPC record
+    /// boundary so that the peer reconnects with fresh keys (see `KeyPolicy::EndTunnel`).
+    KeysSpent,
+    /// Closed by us: drain, listener address lost, certificate revoked.
+    Cut(String),
+}
+
+impl End {
+    /// Whether the far ends should see a reset rather than an orderly close.
+    fn is_failure(&self) -> bool {
+        matches!(self, End::Tls(_) | End::Plain { .. })
+    }
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed"),
+            End::Tls(e) if e.is_io_kind(ErrorKind::ConnectionReset) => write!(f, "reset: tls side: {e}"),
+            End::Tls(e) => write!(f, "error: {e}"),
+            End::Plain { op, error } if error.kind() == ErrorKind::ConnectionReset => {
+                write!(f, "reset: plain side: {op}: {error}")
+            }
+            End::Plain { op, error } => write!(f, "error: {op}: {error}"),
+            End::KeysSpent => f.write_str("keys-spent: ended at an RPC record boundary, the peer reconnects"),
+            End::Cut(why) => write!(f, "cut: {why}"),
+        }
+    }
+}
+
+/// Copies both ways between the TLS link and the plain socket until both directions are closed, one
+/// fails, or `cut` is cancelled. `tls_is_inbound`: the TLS side is the accepted one (server mode),
+/// which decides which direction counts as "up".
+///
+/// Both directions are driven by one future (no locks, no task per direction). Each direction holds
+/// a pooled buffer only while data flows. Plaintext is read with one vectored read of up to four
+/// records' worth and sealed with one write; opened records are written out together. A lone NFS
+/// request goes out at once as one record.
+pub(crate) async fn splice(
+    mut link: Link,
+    mut plain: TcpStream,
+    tls_is_inbound: bool,
+    counters: &Counters,
+    cut: &Cut,
+) -> End {
+    let (from_count, to_count) =
+        if tls_is_inbound { (&counters.up, &counters.down) } else { (&counters.down, &counters.up) };
+    let mut from_tls = FromTls::default();
+    let mut to_tls = ToTls { marks: link.keys_can_run_out().then(RecordMarks::default), ..ToTls::default() };
+    let copy = std::future::poll_fn(|cx| {
+        let from = from_tls.poll(cx, &mut link, &mut plain, from_count);
+        if let Poll::Ready(Err(e)) = from {
+            return Poll::Ready(e);
+        }
+        let to = to_tls.poll(cx, &mut link, &mut plain, to_count);
+        if let Poll::Ready(Err(e)) = to {
+            return Poll::Ready(e);
+        }
+        if from.is_ready() && to.is_ready() {
+            Poll::Ready(End::Closed)
+        } else {
+            Poll::Pending
+        }
+    });
+    let end = tokio::select! {
+        end = copy => end,
+        _ = cut.cancelled() => End::Cut(cut.reason()),
+    };
+    if end.is_failure() {
+        // Dropping a socket with SO_LINGER 0 sends a reset instead of a FIN.
+        for tcp in [link.tcp(), &plain] {
+            let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+    end
+}
+
+/// TLS -> plain: plaintext of opened records, written out.
+#[derive(Default)]
+struct FromTls {
+    buf: Buffer,
+    read_done: bool,
+    done: bool,
+}
+
+impl FromTls {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        link: &mut Link,
+        plain: &mut TcpStream,
+        count: &AtomicU64,
+    ) -> Poll<Result<(), End>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            while !self.buf.is_empty() {
+                let n = ready!(write_some(cx, plain, self.buf.filled()))?;
+                self.buf.consume(n);
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if self.read_done {
+                ready!(poll_finish(cx, plain))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            match link.poll_read(cx, self.buf.spare()) {
+                Poll::Ready(Ok(0)) => self.read_done = true,
+                Poll::Ready(Ok(n)) => self.buf.filled_by(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(End::Tls(e))),
+                Poll::Pending => {
+                    self.buf.release();
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Plain -> TLS: plaintext read in large vectored reads, sealed and sent by the link.
+#[derive(Default)]
+struct ToTls {
+    buf: Buffer,
+    /// Towards an RFC 9289 peer: where the RPC records of the stream end, so that a tunnel whose
+    /// keys are spent ends between two of them.
+    marks: Option<RecordMarks>,
+    read_done: bool,
+    done: bool,
+}
+
+impl ToTls {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        link: &mut Link,
+        plain: &mut TcpStream,
+        count: &AtomicU64,
+    ) -> Poll<Result<(), End>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            while !self.buf.is_empty() {
+                let n = ready!(link.poll_write(cx, self.buf.filled())).map_err(End::Tls)?;
+                self.buf.consume(n);
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if self.read_done {
+                ready!(link.poll_shutdown(cx)).map_err(End::Tls)?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            // At most up to the end of the current RPC fragment once the keys are spent.
+            let mut limit = usize::MAX;
+            if let Some(marks) = &self.marks {
+                if link.keys_spent() {
+                    if marks.at_record_boundary() {
+                        ready!(link.poll_flush(cx)).map_err(End::Tls)?;
+                        return Poll::Ready(Err(End::KeysSpent));
+                    }
+                    limit = marks.to_fragment_end();
+                }
+            }
+            match plain.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(End::Plain { op: "read", error: e })),
+                Poll::Pending => {
+                    // The reader ran dry: send what is sealed.
+                    ready!(link.poll_flush(cx)).map_err(End::Tls)?;
+                    self.buf.release();
+                    return Poll::Pending;
+                }
+            }
+            let spare = self.buf.spare();
+            let room = spare.len().min(limit);
+            match read_drained(plain, &mut [IoSliceMut::new(&mut spare[..room])]) {
+                Ok(0) => self.read_done = true,
+                Ok(n) => {
+                    if let Some(marks) = &mut self.marks {
+                        marks.feed(&spare[..n]);
+                    }
+                    self.buf.filled_by(n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(End::Plain { op: "read", error: e })),
+            }
+        }
+    }
+}
+
+/// One vectored read of what `socket` holds. A read that does not fill `iov` has drained the socket,
+/// so its readiness is cleared right away, as tokio's own `poll_read` does for a short read (the
+/// edge-triggered poller reports the next arrival; end of input stays reported): the next poll waits
+/// instead of paying one more read only to get `WouldBlock`. Worth one system call per wake-up, i.e.
+/// per NFS request on the client and per reply on the server.
+fn read_drained(socket: &TcpStream, iov: &mut [IoSliceMut<'_>]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let room: usize = iov.iter().map(|b| b.len()).sum();
+    let mut short = None;
+    let result = socket.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(socket)).read_vectored(iov)?;
+        if n > 0 && n < room {
+            short = Some(n);
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (result, short) {
+        (Err(e), Some(n)) if e.kind() == ErrorKind::WouldBlock => Ok(n),
+        (result, _) => result,
+    }
+}
+
+/// One write of `buf` (at least one byte) to the plain side.
+fn write_some(cx: &mut Context<'_>, w: &mut TcpStream, buf: &[u8]) -> Poll<Result<usize, End>> {
+    match ready!(Pin::new(w).poll_write(cx, buf)) {
+        Ok(0) => Poll::Ready(Err(End::Plain { op: "write", error: ErrorKind::WriteZero.into() })),
+        Ok(n) => Poll::Ready(Ok(n)),
+        Err(e) => Poll::Ready(Err(End::Plain { op: "write", error: e })),
+    }
+}
+
+/// Shuts the plain writer down after the end of input (passing the half-close on).
+fn poll_finish(cx: &mut Context<'_>, w: &mut TcpStream) -> Poll<Result<(), End>> {
+    match ready!(Pin::new(w).poll_shutdown(cx)) {
+        Ok(()) => Poll::Ready(Ok(())),
+        // The other side already went away entirely; that is its close, not our error.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::NotConnected | ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
+            ) =>
+        {
+            Poll::Ready(Ok(()))
+        }
+        Err(e) => Poll::Ready(Err(End::Plain { op: "shutdown", error: e })),
+    }
+}
