@@ -6,7 +6,7 @@
 #      because the Rust toolchain here is rustup's, not an RPM; the build itself is offline and
 #      --locked against vendor/;
 #   3. rpm -qlp (file list, /etc/nfs-tls-proxy's mode and group), rpm -qp --scripts (scriptlets),
-#      and the packaged binary and units unpacked with rpm2cpio.
+#      and the packaged binary and units unpacked with rpm2archive.
 # RPM_CARGO_TARGET_DIR: cargo's build directory (default: inside the temporary _topdir, removed
 # afterwards; point it somewhere lasting to reuse the build). One release build of both binaries
 # takes a few minutes on 2 cores. One PASS/FAIL line per case; exit status 1 if any failed.
@@ -99,9 +99,9 @@ else
 fi
 
 case_="/etc/nfs-tls-proxy is packaged 0750 root:nfs-tls-proxy"
-line=$(rpm -qlvp "$RPM" 2>/dev/null | awk '$NF == "/etc/nfs-tls-proxy"')
-set -- $line
-if [ "${1:-}" = "drwxr-x---" ] && [ "${3:-}" = root ] && [ "${4:-}" = nfs-tls-proxy ]; then
+line=$(rpm -qp --qf '[%{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILENAMES}\n]' "$RPM" 2>/dev/null |
+	awk '$4 == "/etc/nfs-tls-proxy"')
+if [ "$line" = "drwxr-x--- root nfs-tls-proxy /etc/nfs-tls-proxy" ]; then
 	pass "$case_"
 else
 	fail "$case_" "rpm -qlvp: $line"
@@ -123,7 +123,8 @@ if [ $ok = yes ]; then pass "$case_"; else fail "$case_" "$scripts"; fi
 
 case_="the packaged binary runs, and the packaged units name /usr/bin (not /usr/local)"
 mkdir "$TOP/unpacked"
-(cd "$TOP/unpacked" && rpm2cpio "$RPM" | cpio -idm --quiet 2>/dev/null)
+# rpm2archive (part of rpm) writes RPM.tgz; no cpio needed.
+cp "$RPM" "$TOP/unpacked.rpm" && rpm2archive "$TOP/unpacked.rpm" && tar -xzf "$TOP/unpacked.rpm.tgz" -C "$TOP/unpacked"
 version_out=$("$TOP/unpacked/usr/bin/nfs-tls-proxy" --version 2>&1)
 ca_out=$("$TOP/unpacked/usr/bin/ca-tool" --version 2>&1)
 if [ "$version_out" = "nfs-tls-proxy $VERSION" ] && [ "$ca_out" = "ca-tool $VERSION" ] &&
