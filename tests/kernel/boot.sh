@@ -54,7 +54,7 @@ for name in r0 earth intruder; do "$ca_tool" issue --dir "$pki" "$name" >/dev/nu
 chmod 600 "$pki"/*-key.pem
 
 # No journal: what the guest synced is on disk even if the VM is killed, and debugfs reads it as is.
-mkfs.ext4 -q -F -O ^has_journal -L kernel-tests -d "$stage" "$run/test.img" 512M
+mkfs.ext4 -q -F -O ^has_journal -L kernel-tests -d "$stage" "$run/test.img" 512M >/dev/null
 
 # ---- boot
 echo "boot: kernel $(cat "$image/kernel-version"), proxy $proxy, timeout ${vm_timeout}s"
@@ -69,7 +69,8 @@ qemu_pid=$!
 
 # Show the guest's own lines while it runs; stop the VM at the deadline.
 tail -n +1 -F --pid="$qemu_pid" "$run/console.log" 2>/dev/null |
-    tr -d '\r' | grep --line-buffered -E '^(guest:|PASS|FAIL|kernel-vm-init|Kernel panic)' &
+    sed -u -e 's/\r//g' -e 's/\x1b[[c?0-9;]*[a-zA-Z]\?//g' |
+    grep --line-buffered -E '^(guest:|PASS|FAIL|kernel-vm-init|Kernel panic)' &
 tail_pid=$!
 deadline=$((SECONDS + vm_timeout))
 while kill -0 "$qemu_pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 1; done

@@ -38,7 +38,8 @@ SCENARIOS=(
 # The current scenario's directory for logs (set by run_scenario / --scenario).
 SC_OUT=$OUT
 
-step() { echo "step: $*"; }
+SCENARIO_T0=$(date +%s.%N)
+step() { echo "step: $* (at $(since "$SCENARIO_T0") s)"; }
 fail() {
     echo "why: $*"
     exit 1
@@ -81,7 +82,7 @@ start_proxy() {
         [[ ${args[i]} == --listen ]] || continue
         local addr=${args[i + 1]}
         until listening "$addr" || grep -q "standing by.*$addr" "$SC_OUT/$name.log"; do
-            kill -0 "$pid" 2>/dev/null || fail "$name exited at start: $(grep -v '^\s*$' "$SC_OUT/$name.log" | tail -1)"
+            kill -0 "$pid" 2>/dev/null || fail "$name exited at start: $(grep -m1 -E 'error|ERROR' "$SC_OUT/$name.log" || tail -1 "$SC_OUT/$name.log")"
             ((SECONDS < deadline)) || fail "$name did not bind $addr within 20s"
             sleep 0.2
         done
@@ -244,11 +245,11 @@ client_2049_listener_serves_mount_without_port_option() {
     CLIENT_FLAGS=(--listen 127.0.0.1:2049)
     start_client_proxy
     mount_or_fail vers=4.2 127.0.0.1:$x
-    grep -q "127.0.0.1:$x .*port=2049" /proc/mounts || fail "not mounted on port 2049: $(grep $MNT /proc/mounts)"
+    grep " $MNT " /proc/mounts | grep -q 'port=' && fail "mounted with a port option: $(grep " $MNT " /proc/mounts)"
     head -c 4M /dev/urandom >/tmp/f
     check_round_trip /tmp/f f $x
     unmount
-    grep -q 'tunnel closed' "$SC_OUT/server.log" || fail "no tunnel closed at the server after umount"
+    wait_for 10 "the tunnel closed line at the server" in_log server 'tunnel closed'
 }
 
 # A `secure` export (the default) wants a source port below 1024: refused through a server proxy
@@ -287,8 +288,10 @@ proxy_restart_under_load() {
     rm -f /tmp/stop
     python3 "$T/ioload.py" write /tmp/w.src "$MNT/w" /tmp/stop /tmp/w.progress >"$SC_OUT/writer.out" 2>&1 &
     local writer=$!
+    echo $writer >>"$RUN/pids"
     python3 "$T/ioload.py" read "$MNT/r" $x/r /tmp/stop /tmp/r.progress >"$SC_OUT/reader.out" 2>&1 &
     local reader=$!
+    echo $reader >>"$RUN/pids"
     wait_for 30 "writer and reader under way" bash -c '(( $(cat /tmp/w.progress) >= 4 && $(cat /tmp/r.progress) >= 4 ))'
 
     step "kill the $which proxy, start it again after 3 s"
@@ -306,7 +309,10 @@ proxy_restart_under_load() {
     wait "$reader" || fail "reader: $(cat "$SC_OUT/reader.out")"
     [[ $(sha $x/w) == $(sha /tmp/w.src) ]] || fail "the file written across the restart differs at the export"
     unmount
-    echo "detail: writer $(cat "$SC_OUT/writer.out"), reader $(cat "$SC_OUT/reader.out")"
+    local gap_w gap_r
+    gap_w=$(grep -o 'max_gap_s=[0-9.]*' "$SC_OUT/writer.out" | cut -d= -f2)
+    gap_r=$(grep -o 'max_gap_s=[0-9.]*' "$SC_OUT/reader.out" | cut -d= -f2)
+    echo "detail: longest stall with the $which proxy down 3 s: writer ${gap_w} s, reader ${gap_r} s"
 }
 server_proxy_restart_under_reader_and_writer_corrupts_nothing() { proxy_restart_under_load server; }
 client_proxy_restart_under_reader_and_writer_corrupts_nothing() { proxy_restart_under_load client; }
@@ -360,14 +366,19 @@ our_rpc_tls_client_mounts_nfsd_mtls_export() {
     local x=/srv/nfs/nfsd-mtls
     export_only "$x rw,insecure,no_subtree_check,no_root_squash,xprtsec=mtls"
     use_tlshd earth
+    step "the export refuses the kernel client without TLS"
+    if nfs_mount defaults 127.0.0.2:$x; then
+        unmount
+        fail "the xprtsec=mtls export was mounted without TLS"
+    fi
     start_rpc_tls_client
     mount_or_fail port=2426 127.0.0.1:$x
     head -c 16M /dev/urandom >/tmp/f
     check_round_trip /tmp/f f $x
     unmount
     wait_for 10 "the tunnel closed line" in_log client 'tunnel closed'
-    grep -q 'handshake.*accept\|Handshake with.*was successful\|successful' "$SC_OUT/tlshd.log" ||
-        echo "detail: tlshd logged no successful server handshake (tlshd.log)"
+    grep 'tunnel closed' "$SC_OUT/client.log" | grep -q 'identity="\?nfsd.*transport="\?rpc-tls' ||
+        fail "not an rpc-tls tunnel to nfsd: $(grep 'tunnel closed' "$SC_OUT/client.log" | tail -1)"
 }
 
 # VIP following: the server listens on 192.0.2.138, an address on a dummy interface; it binds when the
@@ -418,6 +429,8 @@ kernel_mtls_tunnel_crosses_key_limit_without_io_error() {
     local x=/srv/nfs/keylimit
     export_only "$x rw,insecure,no_subtree_check,no_root_squash"
     use_tlshd earth
+    "$PROXY" server --key-update-every 1024 --help >/dev/null 2>&1 ||
+        fail "unknown flag --key-update-every: this build cannot lower the key limit ($("$PROXY" server --key-update-every 1024 2>&1 | head -1))"
     start_rpc_tls_server --key-update-every 1024
     mount_or_fail xprtsec=mtls,port=2325 127.0.0.1:$x
     head -c 64M /dev/urandom >/tmp/big
@@ -474,7 +487,7 @@ run_scenario() {
         echo "PASS $name (${took%.*}s)${detail:+: $detail}" | tee -a "$OUT/summary"
     else
         why=$(grep '^why: ' "$SC_OUT/output.log" | tail -1 | sed 's/^why: //')
-        [[ -z $why ]] && ((rc == 124 || rc == 137)) && why="timed out after ${limit}s at: $(grep '^step: ' "$SC_OUT/output.log" | tail -1 | sed 's/^step: //')"
+        [[ -z $why ]] && ((rc == 124 || rc == 137)) && why="timed out after ${limit}s in step: $(grep '^step: ' "$SC_OUT/output.log" | tail -1 | sed 's/^step: //')"
         [[ -z $why ]] && why="exit $rc: $(tail -1 "$SC_OUT/output.log")"
         echo "FAIL $name: $why (${took%.*}s)" | tee -a "$OUT/summary"
         dmesg | tail -40 >"$SC_OUT/dmesg.tail"

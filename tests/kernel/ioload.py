@@ -21,7 +21,7 @@ PACE_S = 0.25  # ~1 MiB/s while paced
 
 def main():
     mode, path, other, stopfile, progress = sys.argv[1:6]
-    size = os.path.getsize(other if mode == "write" else path)
+    size = os.path.getsize(path if mode == "write" else other)
     buf = mmap.mmap(-1, CHUNK)  # page-aligned, as O_DIRECT wants
     if mode == "write":
         fd = os.open(other, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
