@@ -25,7 +25,7 @@ async fn open(
 async fn reload_with_a_new_crl_closes_the_revoked_clients_open_tunnel_and_keeps_the_others() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let cfg = server_config(&pki, backend.addr);
     let server = nfs_tls_proxy::start_server(&cfg).await.expect("server");
     let addr = server.local_addrs[0];
@@ -62,7 +62,7 @@ async fn reload_with_a_new_crl_closes_the_revoked_clients_open_tunnel_and_keeps_
 async fn reload_that_narrows_the_allow_list_closes_the_tunnels_it_no_longer_admits() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let mut cfg = server_config(&pki, backend.addr);
     let server = nfs_tls_proxy::start_server(&cfg).await.expect("server");
     let mut r1 = open(&pki, "r1", server.local_addrs[0]).await;
@@ -76,7 +76,7 @@ async fn reload_that_narrows_the_allow_list_closes_the_tunnels_it_no_longer_admi
 #[tokio::test]
 async fn reload_with_a_broken_crl_keeps_the_old_configuration_live() {
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let cfg = server_config(&pki, backend.addr);
     let server = nfs_tls_proxy::start_server(&cfg).await.expect("server");
     let mut r0 = open(&pki, "r0", server.local_addrs[0]).await;

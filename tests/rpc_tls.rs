@@ -66,7 +66,7 @@ async fn send_raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
 async fn assert_refused_raw(bytes: &[u8], rpc_tls: bool, reason: &str) {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let mut cfg = server_config(&pki, backend.addr);
     cfg.rpc_tls = rpc_tls;
     let server = nfs_tls_proxy::start_server(&cfg).await.expect("server");
@@ -104,7 +104,7 @@ async fn with_rpc_tls_off_the_probe_is_refused_as_not_tls() {
 async fn the_server_answers_the_probe_with_starttls_then_tunnels_over_tls13() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
     let (tcp, reply) = send_probe(server.local_addrs[0]).await;
     assert_eq!(reply, STARTTLS_REPLY);
@@ -125,7 +125,7 @@ async fn the_server_answers_the_probe_with_starttls_then_tunnels_over_tls13() {
 #[tokio::test]
 async fn an_rpc_tls_client_without_alpn_is_served_too() {
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
     let (tcp, _reply) = send_probe(server.local_addrs[0]).await;
     // Linux's tlshd sends no ALPN.
@@ -137,7 +137,7 @@ async fn an_rpc_tls_client_without_alpn_is_served_too() {
 async fn the_probe_path_still_checks_the_client_certificate() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
     let (tcp, _reply) = send_probe(server.local_addrs[0]).await;
     if let Ok(tls) = tls_over(&pki, "r2", tcp, true).await {
@@ -151,7 +151,7 @@ async fn the_probe_path_still_checks_the_client_certificate() {
 async fn our_client_in_rpc_tls_mode_tunnels_through_our_server_and_plain_tls_shares_the_port() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
     let addr = server.local_addrs[0];
     let mut rpc_cfg = client_config(&pki, "r0", &[addr], SERVER);
@@ -176,7 +176,7 @@ async fn our_client_in_rpc_tls_mode_tunnels_through_our_server_and_plain_tls_sha
 async fn our_client_refuses_a_server_that_does_not_answer_starttls() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let mut cfg = server_config(&pki, backend.addr);
     cfg.rpc_tls = false; // a stunnel-style server: the probe is not TLS, so it hangs up
     let server = nfs_tls_proxy::start_server(&cfg).await.expect("server");

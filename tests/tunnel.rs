@@ -20,7 +20,7 @@ async fn attempt(pki: &TestPki, cert: Option<&str>, server: std::net::SocketAddr
 async fn assert_refused(cert: Option<&str>, reason: &str) {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
     let addr = server.local_addrs[0];
     assert!(!within(T, attempt(&pki, cert, addr)).await, "{cert:?} got data through");
@@ -66,7 +66,7 @@ async fn server_certificate_used_as_client_is_refused() {
 async fn client_not_on_the_allow_list_is_refused_and_one_on_it_is_admitted() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let mut cfg = server_config(&pki, backend.addr);
     cfg.allow = nfs_tls_proxy::AllowList::new(["r0".to_owned()]);
     let server = nfs_tls_proxy::start_server(&cfg).await.expect("server");
@@ -86,7 +86,7 @@ async fn client_not_on_the_allow_list_is_refused_and_one_on_it_is_admitted() {
 async fn plaintext_client_is_refused_as_not_tls() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
     let back = within(T, echo_through(server.local_addrs[0], b"GET / HTTP/1.0\r\n\r\n")).await;
     assert!(back.map(|b| b.is_empty()).unwrap_or(true));
@@ -98,7 +98,7 @@ async fn plaintext_client_is_refused_as_not_tls() {
 async fn silent_client_is_refused_at_the_handshake_timeout() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let mut cfg = server_config(&pki, backend.addr);
     cfg.common.handshake_timeout = Duration::from_millis(300);
     let server = nfs_tls_proxy::start_server(&cfg).await.expect("server");
@@ -119,7 +119,7 @@ async fn tunnel(
     nfs_tls_proxy::Running<nfs_tls_proxy::ServerMode>,
     nfs_tls_proxy::Running<nfs_tls_proxy::ClientMode>,
 ) {
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(pki, backend.addr)).await.expect("server");
     let client = nfs_tls_proxy::start_client(&client_config(pki, "r0", &[server.local_addrs[0]], SERVER))
         .await
@@ -152,7 +152,7 @@ async fn exchange(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStrea
 #[tokio::test]
 async fn a_peers_key_update_request_is_followed_and_answered_with_our_own() {
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
     let mut config = test_client_tls(&pki, Some("r0"));
     config.enable_secret_extraction = true;
@@ -253,7 +253,7 @@ async fn three_hundred_concurrent_tunnels_each_echo_64_kib() {
 async fn backend_down_closes_the_client_quickly_and_the_proxy_recovers() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let backend_addr = backend.addr;
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend_addr)).await.expect("server");
     let client = nfs_tls_proxy::start_client(&client_config(&pki, "r0", &[server.local_addrs[0]], SERVER))
@@ -265,7 +265,7 @@ async fn backend_down_closes_the_client_quickly_and_the_proxy_recovers() {
     assert!(back.map(|b| b.is_empty()).unwrap_or(true));
     assert!(logs.wait_for(&["connection refused", "reason=\"unreachable\""]).await, "{}", logs.text());
     // The backend comes back on the same port: tunnels work again.
-    let backend = EchoBackend::start_on(backend_addr).await;
+    let backend = EchoBackend::start_on(backend_addr);
     let back = within(T, echo_through(client.local_addrs[0], b"back again")).await.expect("echo");
     assert_eq!(back, b"back again");
     assert_eq!(backend.connections(), 1);
@@ -274,7 +274,7 @@ async fn backend_down_closes_the_client_quickly_and_the_proxy_recovers() {
 #[tokio::test]
 async fn client_fails_over_to_the_second_server_when_the_first_is_dead() {
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
     // A port nobody listens on: bind, note, close.
     let dead = tokio::net::TcpListener::bind(loopback()).await.expect("bind").local_addr().expect("addr");
@@ -290,7 +290,7 @@ async fn client_fails_over_to_the_second_server_when_the_first_is_dead() {
 async fn client_refuses_a_server_with_the_wrong_name_and_sends_nothing() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
     let client = nfs_tls_proxy::start_client(&client_config(&pki, "r0", &[server.local_addrs[0]], "f9.lan"))
         .await
@@ -305,7 +305,7 @@ async fn client_refuses_a_server_with_the_wrong_name_and_sends_nothing() {
 async fn client_refuses_a_server_certificate_from_another_ca() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let mut cfg = server_config(&pki, backend.addr);
     // An impostor server: its certificate is from another CA (which also signs its client check).
     cfg.common.tls = pki.files("other/f3s-storage-ha");
@@ -339,7 +339,7 @@ async fn shutdown_drains_then_cuts_open_tunnels_and_reports_how_many() {
 async fn an_expired_crl_is_tolerated_by_default_and_refuses_everyone_when_enforced() {
     let (logs, _guard) = capture_logs();
     let pki = TestPki::new();
-    let backend = EchoBackend::start().await;
+    let backend = EchoBackend::start();
     let mut cfg = server_config(&pki, backend.addr);
     cfg.crl = Some(pki.write_expired_crl("expired-crl.pem"));
     let lenient = nfs_tls_proxy::start_server(&cfg).await.expect("server");

@@ -7,8 +7,8 @@ use support::*;
 
 #[test]
 fn missing_certificate_file_is_named_in_one_line() {
-    let dir = pki();
-    let d = dir.path().display().to_string();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
     let mut args = server_args(&d, &[]);
     args[6] = "/nonexistent/cert.pem".into();
     fails_with(
@@ -19,8 +19,8 @@ fn missing_certificate_file_is_named_in_one_line() {
 
 #[test]
 fn key_that_does_not_match_the_certificate_is_refused() {
-    let dir = pki();
-    let d = dir.path().display().to_string();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
     let mut args = server_args(&d, &[]);
     args[8] = format!("{d}/r0-key.pem");
     fails_with(
@@ -31,8 +31,8 @@ fn key_that_does_not_match_the_certificate_is_refused() {
 
 #[test]
 fn certificate_without_key_and_no_key_flag_is_refused() {
-    let dir = pki();
-    let d = dir.path().display().to_string();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
     let args = [
         "client",
         "--server",
@@ -59,18 +59,18 @@ fn address_that_does_not_parse_is_named() {
 
 #[test]
 fn unknown_key_in_the_config_file_is_named() {
-    let dir = pki();
-    let conf = write(dir.path(), "server.toml", "listen = [\"127.0.0.1:0\"]\nverify = 2\n");
+    let dir = TestPki::new();
+    let conf = write(dir.root(), "server.toml", "listen = [\"127.0.0.1:0\"]\nverify = 2\n");
     fails_with(&["server", "--config", &conf.display().to_string()], "server.toml: unknown key \"verify\"");
 }
 
 #[test]
 fn toml_config_runs_and_flags_win_over_it() {
-    let dir = pki();
-    let d = dir.path().display().to_string();
-    let echo = echo_server();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
+    let echo = EchoBackend::start();
     let conf = write(
-        dir.path(),
+        dir.root(),
         "server.toml",
         &format!(
             "listen = [\"127.0.0.1:1\"]\nbackend = \"{}\"\ncert = \"{d}/f3s-storage-ha-cert.pem\"\nkey = \"{d}/f3s-storage-ha-key.pem\"\n\
@@ -95,18 +95,18 @@ fn toml_config_runs_and_flags_win_over_it() {
         "--ca",
         &format!("{d}/ca-cert.pem"),
     ]);
-    assert_eq!(echo_through(client.listen_addr(), b"via toml"), b"via toml");
+    assert_eq!(echo_through_blocking(client.listen_addr(), b"via toml"), b"via toml");
 }
 
 #[test]
 fn sigterm_drains_open_tunnels_and_exits_zero() {
-    let dir = pki();
-    let d = dir.path().display().to_string();
-    let echo = echo_server();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
+    let echo = EchoBackend::start();
     let mut args = server_args(&d, &["--drain-timeout", "300ms"]);
     args[4] = echo.addr.to_string();
     let mut server = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let client = our_client(dir.path(), server.listen_addr());
+    let client = our_client(dir.root(), server.listen_addr());
     // One open, idle tunnel.
     let mut tcp = std::net::TcpStream::connect(client.listen_addr()).expect("connect");
     use std::io::{Read, Write};

@@ -3,10 +3,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
 
 use support::*;
 
@@ -16,10 +13,10 @@ fn strs(v: &[String]) -> Vec<&str> {
 
 #[test]
 fn a_private_key_readable_by_others_stops_start_up_with_the_fix_in_the_message() {
-    let dir = pki();
-    let key = dir.path().join("f3s-storage-ha-key.pem");
+    let dir = TestPki::new();
+    let key = dir.root().join("f3s-storage-ha-key.pem");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let d = dir.path().display().to_string();
+    let d = dir.root().display().to_string();
     fails_with(
         &strs(&server_args(&d, &[])),
         &format!(
@@ -35,25 +32,25 @@ fn a_private_key_readable_by_others_stops_start_up_with_the_fix_in_the_message()
 
 #[test]
 fn a_combined_pem_readable_by_others_is_refused_too() {
-    let dir = pki();
-    let combined = dir.path().join("r0-stunnel.pem");
+    let dir = TestPki::new();
+    let combined = dir.root().join("r0-stunnel.pem");
     std::fs::set_permissions(&combined, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let args = [
         "client",
         "--server",
         "127.0.0.1:1",
         "--cert",
-        &p(dir.path(), "r0-stunnel.pem"),
+        &p(dir.root(), "r0-stunnel.pem"),
         "--ca",
-        &p(dir.path(), "ca-cert.pem"),
+        &p(dir.root(), "ca-cert.pem"),
     ];
     fails_with(&args, "r0-stunnel.pem: private key is readable by group or others (mode 0640)");
 }
 
 #[test]
 fn dropping_privileges_with_a_vip_on_a_privileged_port_is_refused_with_the_reason() {
-    let dir = pki();
-    let d = dir.path().display().to_string();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
     let mut args = server_args(&d, &["--user", "nobody"]);
     args[2] = "192.0.2.100:999".into();
     fails_with(&strs(&args), "--listen 192.0.2.100:999 with --user: after dropping privileges");
@@ -72,9 +69,9 @@ fn a_server_runs_as_the_given_user_after_binding_and_still_tunnels() {
     if !require_root() {
         return;
     }
-    let dir = pki();
-    let d = dir.path().display().to_string();
-    let backend = echo_server();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
+    let backend = EchoBackend::start();
     let mut args = server_args(&d, &["--user", "nobody"]);
     args[4] = backend.addr.to_string();
     let server = Proc::proxy(&strs(&args));
@@ -87,37 +84,9 @@ fn a_server_runs_as_the_given_user_after_binding_and_still_tunnels() {
         uid_line.split_whitespace().skip(1).all(|id| id == nobody.to_string()),
         "real, effective, saved and fs uid must all be nobody: {uid_line}"
     );
-    let client = our_client(dir.path(), server_addr);
+    let client = our_client(dir.root(), server_addr);
     let data = vec![7u8; 100_000];
-    assert_eq!(echo_through(client.listen_addr(), &data), data);
-}
-
-/// A backend that echoes and records the source port of each connection.
-fn port_recording_backend() -> (std::net::SocketAddr, Arc<Mutex<Vec<u16>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let ports = Arc::new(Mutex::new(Vec::new()));
-    let seen = ports.clone();
-    std::thread::spawn(move || {
-        for (i, stream) in listener.incoming().map_while(Result::ok).enumerate() {
-            seen.lock().expect("ports").push(stream.peer_addr().expect("peer").port());
-            std::thread::spawn(move || {
-                let mut r = stream.try_clone().expect("clone");
-                let mut w = stream;
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = r.read(&mut buf) {
-                    if w.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = w.shutdown(std::net::Shutdown::Write);
-            });
-            if i >= 100 {
-                break;
-            }
-        }
-    });
-    (addr, ports)
+    assert_eq!(echo_through_blocking(client.listen_addr(), &data), data);
 }
 
 #[test]
@@ -125,26 +94,26 @@ fn a_reserved_source_port_reaches_the_backend_from_below_1024() {
     if !require_root() {
         return;
     }
-    let dir = pki();
-    let d = dir.path().display().to_string();
-    let (backend, ports) = port_recording_backend();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
+    let backend = EchoBackend::start();
     let mut args = server_args(&d, &["--backend-source-port", "reserved"]);
-    args[4] = backend.to_string();
+    args[4] = backend.addr.to_string();
     let server = Proc::proxy(&strs(&args));
-    let client = our_client(dir.path(), server.listen_addr());
+    let client = our_client(dir.root(), server.listen_addr());
     for i in 0..3u8 {
         let data = vec![i; 1000];
-        assert_eq!(echo_through(client.listen_addr(), &data), data);
+        assert_eq!(echo_through_blocking(client.listen_addr(), &data), data);
     }
-    let ports = ports.lock().expect("ports").clone();
+    let ports = backend.peer_ports();
     assert_eq!(ports.len(), 3);
     assert!(ports.iter().all(|p| (600..1024).contains(p)), "source ports {ports:?}");
 }
 
 #[test]
 fn reload_every_rereads_the_material_without_a_signal_and_keeps_it_when_a_file_breaks() {
-    let dir = pki();
-    let d = dir.path().display().to_string();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
     let crl = format!("{d}/crl.pem");
     let server = Proc::proxy(&strs(&server_args(&d, &["--crl", &crl, "--reload-every", "200ms"])));
     server.listen_addr();
@@ -155,9 +124,9 @@ fn reload_every_rereads_the_material_without_a_signal_and_keeps_it_when_a_file_b
 
 #[test]
 fn material_within_thirty_days_of_expiry_is_warned_about_at_start() {
-    // pki() issues everything for 30 days, so each piece is inside the warning window.
-    let dir = pki();
-    let d = dir.path().display().to_string();
+    // The test PKI issues everything for 30 days, so each piece is inside the warning window.
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
     let server = Proc::proxy(&strs(&server_args(&d, &["--crl", &format!("{d}/crl.pem")])));
     server.listen_addr();
     for what in ["what=\"certificate\"", "what=\"ca\"", "what=\"crl-next-update\""] {

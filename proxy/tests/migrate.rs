@@ -30,9 +30,9 @@ fn check(toml: &std::path::Path) -> (bool, String, String) {
 
 #[test]
 fn the_f3s_stunnel_configs_convert_into_configs_that_check_clean_and_carry_traffic() {
-    let dir = pki();
-    let d = dir.path();
-    let backend = echo_server();
+    let dir = TestPki::new();
+    let d = dir.root();
+    let backend = EchoBackend::start();
     let (server_port, client_port) = (free_port(), free_port());
     // The f3s server and client stunnel.conf, pointed at this test's PKI and loopback.
     let server_conf = write(
@@ -76,14 +76,14 @@ fn the_f3s_stunnel_configs_convert_into_configs_that_check_clean_and_carry_traff
 
     let client = Proc::proxy(&["client", "--config", client_toml.to_str().expect("utf8")]);
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
-    assert_eq!(echo_through(client.listen_addr(), &data), data);
+    assert_eq!(echo_through_blocking(client.listen_addr(), &data), data);
     server.wait_line(&["tunnel closed", "identity=r0", "bytes_up=300000"]);
 }
 
 #[test]
 fn check_fails_with_one_line_per_problem() {
-    let dir = pki();
-    let d = dir.path();
+    let dir = TestPki::new();
+    let d = dir.root();
     let toml = write(
         d,
         "broken.toml",
@@ -107,9 +107,9 @@ fn check_fails_with_one_line_per_problem() {
 
 #[test]
 fn untranslatable_stunnel_options_fail_naming_the_line() {
-    let dir = pki();
+    let dir = TestPki::new();
     let conf =
-        write(dir.path(), "bad.conf", "[x]\naccept = 2323\nconnect = 127.0.0.1:2049\nverifyPeer = yes\n");
+        write(dir.root(), "bad.conf", "[x]\naccept = 2323\nconnect = 127.0.0.1:2049\nverifyPeer = yes\n");
     let out = bin().arg("convert-stunnel").arg(&conf).output().expect("run");
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "nothing half-written to stdout");

@@ -43,9 +43,9 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 
 #[test]
 fn metrics_and_tunnels_move_with_traffic_and_refusals() {
-    let dir = pki();
-    let d = dir.path().display().to_string();
-    let backend = echo_server();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
+    let backend = EchoBackend::start();
     let mut args = server_args(&d, &["--metrics", "127.0.0.1:0"]);
     args[4] = backend.addr.to_string();
     let server = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -60,7 +60,7 @@ fn metrics_and_tunnels_move_with_traffic_and_refusals() {
     assert_eq!(get(ops, "/tunnels"), (200, "[]\n".to_owned()));
 
     // One open tunnel that has moved 1000 bytes each way.
-    let client = our_client(dir.path(), server_addr);
+    let client = our_client(dir.root(), server_addr);
     let mut open = TcpStream::connect(client.listen_addr()).expect("connect");
     open.write_all(&[1u8; 1000]).expect("write");
     let mut back = [0u8; 1000];
@@ -121,11 +121,11 @@ fn healthz_means_nfs_answers_not_just_that_the_port_is_open() {
     if !require("ganesha.nfsd") {
         return;
     }
-    let dir = pki();
-    let d = dir.path().display().to_string();
-    std::fs::create_dir(dir.path().join("export")).expect("mkdir");
-    let (mut ganesha, nfs) = ganesha(dir.path());
-    let echo = echo_server();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
+    std::fs::create_dir(dir.root().join("export")).expect("mkdir");
+    let (mut ganesha, nfs) = ganesha(dir.root());
+    let echo = EchoBackend::start();
     let serve = |backend: SocketAddr| {
         let mut args = server_args(&d, &["--metrics", "127.0.0.1:0"]);
         args[4] = backend.to_string();
@@ -149,11 +149,11 @@ fn healthz_means_nfs_answers_not_just_that_the_port_is_open() {
 
 #[test]
 fn a_clients_healthz_is_a_handshake_with_the_first_server_that_completes_one() {
-    let dir = pki();
-    let d = dir.path().display().to_string();
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
     let server = Proc::proxy(&server_args(&d, &[]).iter().map(String::as_str).collect::<Vec<_>>());
     let dead = format!("127.0.0.1:{}", free_port());
-    let (cert, ca) = (p(dir.path(), "r0-stunnel.pem"), p(dir.path(), "ca-cert.pem"));
+    let (cert, ca) = (p(dir.root(), "r0-stunnel.pem"), p(dir.root(), "ca-cert.pem"));
     let up = server.listen_addr().to_string();
     let client = |servers: &[&str]| {
         let mut v: Vec<String> =

@@ -38,24 +38,24 @@ fn stunnel_client_reaches_the_backend_through_our_server() {
     if !require("stunnel4") {
         return;
     }
-    let dir = pki();
-    let echo = echo_server();
-    let server = our_server(dir.path(), echo.addr);
+    let dir = TestPki::new();
+    let echo = EchoBackend::start();
+    let server = our_server(dir.root(), echo.addr);
     let port = free_port();
     let _stunnel = stunnel(
-        dir.path(),
+        dir.root(),
         "client.conf",
         &format!(
             "[nfs]\nclient = yes\naccept = 127.0.0.1:{port}\nconnect = {}\ncert = {}\nCAfile = {}\nverifyChain = yes\ncheckHost = f3s-storage-ha\n",
             server.listen_addr(),
-            p(dir.path(), "r0-stunnel.pem"),
-            p(dir.path(), "ca-cert.pem"),
+            p(dir.root(), "r0-stunnel.pem"),
+            p(dir.root(), "ca-cert.pem"),
         ),
     );
     let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_port(addr);
+    wait_port(addr).expect("listening");
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
-    assert_eq!(echo_through(addr, &data), data);
+    assert_eq!(echo_through_blocking(addr, &data), data);
     server.wait_line(&["tunnel closed", "identity=r0", "bytes_up=1000000", "bytes_down=1000000"]);
 }
 
@@ -64,25 +64,25 @@ fn our_client_reaches_the_backend_through_a_stunnel_server() {
     if !require("stunnel4") {
         return;
     }
-    let dir = pki();
-    let echo = echo_server();
+    let dir = TestPki::new();
+    let echo = EchoBackend::start();
     let port = free_port();
     let _stunnel = stunnel(
-        dir.path(),
+        dir.root(),
         "server.conf",
         &format!(
             "[nfs-tls]\naccept = 127.0.0.1:{port}\nconnect = {}\ncert = {}\nkey = {}\nCAfile = {}\nverify = 2\nrequireCert = yes\n",
             echo.addr,
-            p(dir.path(), "f3s-storage-ha-cert.pem"),
-            p(dir.path(), "f3s-storage-ha-key.pem"),
-            p(dir.path(), "ca-cert.pem"),
+            p(dir.root(), "f3s-storage-ha-cert.pem"),
+            p(dir.root(), "f3s-storage-ha-key.pem"),
+            p(dir.root(), "ca-cert.pem"),
         ),
     );
     let server_addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_port(server_addr);
-    let client = our_client(dir.path(), server_addr);
+    wait_port(server_addr).expect("listening");
+    let client = our_client(dir.root(), server_addr);
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    assert_eq!(echo_through(client.listen_addr(), &data), data);
+    assert_eq!(echo_through_blocking(client.listen_addr(), &data), data);
     client.wait_line(&["tunnel closed", "identity=f3s-storage-ha", "bytes_up=1000000"]);
 }
 
@@ -105,9 +105,9 @@ fn every_suite_and_tls_version_carries_data_both_ways_between_stunnel_and_our_re
     if !require("stunnel4") {
         return;
     }
-    let dir = pki();
-    let d = dir.path();
-    let echo = echo_server();
+    let dir = TestPki::new();
+    let d = dir.root();
+    let echo = EchoBackend::start();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
     let want = format!("bytes_up={}", data.len());
     for (i, (version, suite, logged)) in SUITES.iter().enumerate() {
@@ -126,8 +126,8 @@ fn every_suite_and_tls_version_carries_data_both_ways_between_stunnel_and_our_re
             ),
         );
         let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-        wait_port(addr);
-        assert_eq!(echo_through(addr, &data), data, "stunnel client, {logged}");
+        wait_port(addr).expect("listening");
+        assert_eq!(echo_through_blocking(addr, &data), data, "stunnel client, {logged}");
         server.wait_line(&["tunnel opened", &format!("tls={logged}")]);
         server.wait_line(&["tunnel closed", &want, "end=closed"]);
         drop(stunnel_client);
@@ -146,9 +146,9 @@ fn every_suite_and_tls_version_carries_data_both_ways_between_stunnel_and_our_re
             ),
         );
         let server_addr = format!("127.0.0.1:{port}").parse().expect("addr");
-        wait_port(server_addr);
+        wait_port(server_addr).expect("listening");
         let client = our_client_with(d, &server_addr.to_string(), &["--min-tls", "1.2"]);
-        assert_eq!(echo_through(client.listen_addr(), &data), data, "stunnel server, {logged}");
+        assert_eq!(echo_through_blocking(client.listen_addr(), &data), data, "stunnel server, {logged}");
         client.wait_line(&["tunnel opened", &format!("tls={logged}")]);
         client.wait_line(&["tunnel closed", &want, "end=closed"]);
         drop(stunnel_server);
@@ -160,15 +160,15 @@ fn libnfs_lists_and_reads_a_16_mib_file_from_ganesha_through_our_client_and_serv
     if !(require("ganesha.nfsd") && require("nfs-cat") && require("nfs-ls")) {
         return;
     }
-    let dir = pki();
-    let export = dir.path().join("export");
+    let dir = TestPki::new();
+    let export = dir.root().join("export");
     std::fs::create_dir(&export).expect("mkdir");
     let data: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(export.join("big.bin"), &data).expect("write");
     std::fs::write(export.join("hello.txt"), "hello over TLS\n").expect("write");
-    let (_ganesha, nfs) = ganesha(dir.path());
-    let server = our_server(dir.path(), nfs);
-    let client = our_client(dir.path(), server.listen_addr());
+    let (_ganesha, nfs) = ganesha(dir.root());
+    let server = our_server(dir.root(), nfs);
+    let client = our_client(dir.root(), server.listen_addr());
     let port = client.listen_addr().port();
 
     let ls = Command::new("timeout")
@@ -189,22 +189,15 @@ fn libnfs_lists_and_reads_a_16_mib_file_from_ganesha_through_our_client_and_serv
     server.wait_line(&["tunnel closed", "identity=r0"]);
 }
 
-/// One of the independent Python peers in tests/peers/.
-fn python_peer(script: &str) -> Command {
-    let mut cmd = Command::new("python3");
-    cmd.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers").join(script));
-    cmd
-}
-
 #[test]
 fn an_independent_rfc9289_client_gets_an_nfs_null_reply_from_ganesha_through_our_server() {
     if !(require("ganesha.nfsd") && require("python3")) {
         return;
     }
-    let dir = pki();
-    std::fs::create_dir(dir.path().join("export")).expect("mkdir");
-    let (_ganesha, nfs) = ganesha(dir.path());
-    let server = our_server(dir.path(), nfs);
+    let dir = TestPki::new();
+    std::fs::create_dir(dir.root().join("export")).expect("mkdir");
+    let (_ganesha, nfs) = ganesha(dir.root());
+    let server = our_server(dir.root(), nfs);
     let addr = server.listen_addr();
     for alpn in [true, false] {
         let mut cmd = python_peer("rpc_tls_client.py");
@@ -212,11 +205,11 @@ fn an_independent_rfc9289_client_gets_an_nfs_null_reply_from_ganesha_through_our
             "127.0.0.1",
             &addr.port().to_string(),
             "--ca",
-            &p(dir.path(), "ca-cert.pem"),
+            &p(dir.root(), "ca-cert.pem"),
             "--cert",
-            &p(dir.path(), "r0-cert.pem"),
+            &p(dir.root(), "r0-cert.pem"),
             "--key",
-            &p(dir.path(), "r0-key.pem"),
+            &p(dir.root(), "r0-key.pem"),
             "--server-name",
             "f3s-storage-ha",
         ]);
@@ -240,15 +233,15 @@ fn libnfs_reads_from_ganesha_through_our_client_in_rpc_tls_mode_and_our_server()
     if !(require("ganesha.nfsd") && require("nfs-cat") && require("nfs-ls")) {
         return;
     }
-    let dir = pki();
-    let export = dir.path().join("export");
+    let dir = TestPki::new();
+    let export = dir.root().join("export");
     std::fs::create_dir(&export).expect("mkdir");
     let data: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8).collect();
     std::fs::write(export.join("four.bin"), &data).expect("write");
-    let (_ganesha, nfs) = ganesha(dir.path());
-    let server = our_server(dir.path(), nfs);
+    let (_ganesha, nfs) = ganesha(dir.root());
+    let server = our_server(dir.root(), nfs);
     let client =
-        our_client_with(dir.path(), &server.listen_addr().to_string(), &["--upstream-protocol", "rpc-tls"]);
+        our_client_with(dir.root(), &server.listen_addr().to_string(), &["--upstream-protocol", "rpc-tls"]);
     let port = client.listen_addr().port();
     let ls = Command::new("timeout")
         .args(["60", "nfs-ls", &format!("nfs://127.0.0.1/export/?version=4&nfsport={port}")])
@@ -313,11 +306,11 @@ fn our_client_speaks_rfc9289_to_an_independent_rpc_tls_server() {
     if !require("python3") {
         return;
     }
-    let dir = pki();
-    let mut peer = PyServer::start(dir.path(), "starttls");
-    let client = rpc_tls_client(dir.path(), peer.port);
+    let dir = TestPki::new();
+    let mut peer = PyServer::start(dir.root(), "starttls");
+    let client = rpc_tls_client(dir.root(), peer.port);
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
-    assert_eq!(echo_through(client.listen_addr(), &data), data, "{}", client.log());
+    assert_eq!(echo_through_blocking(client.listen_addr(), &data), data, "{}", client.log());
     let result = peer.result();
     assert!(result.starts_with("tls TLSv1.3 ") && result.ends_with(" sunrpc echoed=100000"), "{result}");
     client.wait_line(&["tunnel closed", "transport=\"rpc-tls\"", "bytes_up=100000"]);
@@ -328,11 +321,11 @@ fn our_client_refuses_a_server_that_denies_or_ignores_the_probe_and_sends_it_not
     if !require("python3") {
         return;
     }
-    let dir = pki();
+    let dir = TestPki::new();
     for answer in ["denied", "plain"] {
-        let mut peer = PyServer::start(dir.path(), answer);
-        let client = rpc_tls_client(dir.path(), peer.port);
-        let back = echo_through(client.listen_addr(), b"plaintext NFS that must not leak");
+        let mut peer = PyServer::start(dir.root(), answer);
+        let client = rpc_tls_client(dir.root(), peer.port);
+        let back = echo_through_blocking(client.listen_addr(), b"plaintext NFS that must not leak");
         assert!(back.is_empty(), "{answer}: got {back:?}");
         client.wait_line(&["connection refused", "reason=\"no-starttls\""]);
         assert_eq!(peer.result(), "after-reply-bytes 0", "{answer}: the server got more than the probe");

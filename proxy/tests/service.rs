@@ -11,11 +11,11 @@ use support::*;
 
 #[test]
 fn readiness_is_reported_to_systemd_after_binding_and_stopping_on_sigterm() {
-    let dir = pki();
-    let socket_path = dir.path().join("notify.sock");
+    let dir = TestPki::new();
+    let socket_path = dir.root().join("notify.sock");
     let notify = UnixDatagram::bind(&socket_path).expect("bind notify socket");
     notify.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    let d = dir.path().display().to_string();
+    let d = dir.root().display().to_string();
     let mut args = server_args(&d, &[]);
     let port = free_port();
     args[2] = format!("127.0.0.1:{port}");

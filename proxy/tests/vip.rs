@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{echo_server_on, p, pki, require_root, Echo, Proc};
+use support::{p, require_root, EchoBackend, Proc, TestPki};
 
 /// A network namespace of this test's own, deleted on drop.
 struct Netns {
@@ -61,8 +61,8 @@ impl Netns {
     }
 
     /// An echo backend on 127.0.0.1 inside this namespace.
-    fn echo(&self) -> Echo {
-        echo_server_on(self.enter(|| TcpListener::bind("127.0.0.1:0").expect("bind")))
+    fn echo(&self) -> EchoBackend {
+        EchoBackend::on_listener(self.enter(|| TcpListener::bind("127.0.0.1:0").expect("bind")))
     }
 
     fn connect(&self, addr: &str) -> std::io::Result<TcpStream> {
@@ -166,12 +166,12 @@ fn a_server_stands_by_for_an_absent_address_binds_when_it_appears_and_lets_go_wh
     if !require_root() {
         return;
     }
-    let dir = pki();
+    let dir = TestPki::new();
     let ns = Netns::new("vip");
     let backend = ns.echo();
-    let mut server = ns.proxy("server", &strs(&server_args(dir.path(), backend.addr)));
+    let mut server = ns.proxy("server", &strs(&server_args(dir.root(), backend.addr)));
     server.wait_line(&["standing by", VIP_LISTEN]);
-    let client = ns.proxy("client", &strs(&client_args(dir.path())));
+    let client = ns.proxy("client", &strs(&client_args(dir.root())));
     client.wait_line(&["listening", CLIENT_LISTEN]);
     assert!(round_trip(&ns, b"too early").is_none(), "nothing may answer before the address exists");
     assert!(server.is_running(), "the server must wait for the address, not exit:\n{}", server.log());
@@ -201,7 +201,7 @@ fn a_server_stands_by_for_an_absent_address_binds_when_it_appears_and_lets_go_wh
         server.log()
     );
     assert!(server.is_running());
-    assert_eq!(*backend.connections.lock().expect("count"), 2, "one backend connection per tunnel");
+    assert_eq!(backend.connections(), 2, "one backend connection per tunnel");
 }
 
 #[test]
@@ -209,7 +209,7 @@ fn a_client_keeps_working_when_the_address_moves_from_one_server_to_the_other() 
     if !require_root() {
         return;
     }
-    let dir = pki();
+    let dir = TestPki::new();
     // Two storage nodes and a client host; the client reaches each node over its own veth link and
     // its route to the VIP points at whichever node holds it (what ARP does on a shared segment).
     let (f0, f1, r0) = (Netns::new("f0"), Netns::new("f1"), Netns::new("r0"));
@@ -236,11 +236,11 @@ fn a_client_keeps_working_when_the_address_moves_from_one_server_to_the_other() 
         node.ip(&["route", "add", "192.0.2.0/24", "via", here]);
     }
     let (backend0, backend1) = (f0.echo(), f1.echo());
-    let server0 = f0.proxy("server f0", &strs(&server_args(dir.path(), backend0.addr)));
-    let server1 = f1.proxy("server f1", &strs(&server_args(dir.path(), backend1.addr)));
+    let server0 = f0.proxy("server f0", &strs(&server_args(dir.root(), backend0.addr)));
+    let server1 = f1.proxy("server f1", &strs(&server_args(dir.root(), backend1.addr)));
     server0.wait_line(&["standing by"]);
     server1.wait_line(&["standing by"]);
-    let client = r0.proxy("client r0", &strs(&client_args(dir.path())));
+    let client = r0.proxy("client r0", &strs(&client_args(dir.root())));
     client.wait_line(&["listening", CLIENT_LISTEN]);
 
     // f0 is MASTER.
@@ -263,6 +263,6 @@ fn a_client_keeps_working_when_the_address_moves_from_one_server_to_the_other() 
     assert!(tunnel_within(&r0, Duration::from_secs(3)).is_some(), "{}\n{}", server1.log(), client.log());
     server1.wait_line(&["address acquired", VIP_LISTEN]);
     server1.wait_line(&["tunnel opened"]);
-    assert_eq!(*backend0.connections.lock().expect("count"), 1);
-    assert_eq!(*backend1.connections.lock().expect("count"), 1);
+    assert_eq!(backend0.connections(), 1);
+    assert_eq!(backend1.connections(), 1);
 }

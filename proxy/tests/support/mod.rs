@@ -1,14 +1,25 @@
-//! Process-level test helpers: the built binary, real peers (stunnel, ganesha, libnfs) as child
-//! processes that are killed on drop, readiness by log line or by port, and the CI rule for peers.
+//! Process-level test helpers: the built binary as a child process (`Proc`, readiness by log line),
+//! the arguments our tests start it with, and the CI rule for real peers.
+//!
+//! Why these tests live here and not in `tests/`: Cargo sets `CARGO_BIN_EXE_nfs-tls-proxy` only for
+//! the tests of the package that builds the binary, and these tests run that binary as a process
+//! next to real peers (stunnel, nfs-ganesha, libnfs, the Python RFC 9289 peers). In-process tests
+//! through the library live in `tests/`. Everything else a test needs (the test PKI, the echo
+//! backend, the ganesha command, the Python peers, `free_port`/`wait_port`) comes from the shared
+//! test support, `tests/support` (`test_support`), re-exported below.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+pub(crate) use test_support::{
+    echo_through_blocking, free_port, python_peer, wait_port, EchoBackend, TestPki, CLIENT, SERVER,
+};
 
 /// A peer program: in CI it must be installed (the test fails); locally its absence skips loudly.
 pub(crate) fn require(program: &str) -> bool {
@@ -141,109 +152,6 @@ impl Drop for Proc {
     }
 }
 
-/// A free loopback port, for peers that cannot bind port 0 and report it (stunnel, ganesha).
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// Waits (bounded) until something accepts connections on `addr`.
-pub(crate) fn wait_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A blocking echo server on loopback; counts connections.
-pub(crate) struct Echo {
-    pub addr: SocketAddr,
-    /// Connections accepted so far.
-    pub connections: Arc<Mutex<usize>>,
-    /// Connections not yet closed by the peer.
-    pub open: Arc<Mutex<usize>>,
-}
-
-impl Echo {
-    pub(crate) fn open_now(&self) -> usize {
-        *self.open.lock().expect("open")
-    }
-
-    /// Waits (bounded) until no connection is open; false if some still are after `limit`.
-    pub(crate) fn all_closed_within(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while self.open_now() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    }
-}
-
-pub(crate) fn echo_server() -> Echo {
-    echo_server_on(TcpListener::bind("127.0.0.1:0").expect("bind"))
-}
-
-/// An echo server on a listener made elsewhere (e.g. inside a network namespace).
-pub(crate) fn echo_server_on(listener: TcpListener) -> Echo {
-    let addr = listener.local_addr().expect("addr");
-    let connections = Arc::new(Mutex::new(0));
-    let open = Arc::new(Mutex::new(0));
-    let (count, live) = (connections.clone(), open.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            *count.lock().expect("count") += 1;
-            *live.lock().expect("open") += 1;
-            let live = live.clone();
-            std::thread::spawn(move || {
-                let mut r = stream.try_clone().expect("clone");
-                let mut w = stream;
-                let _ = std::io::copy(&mut r, &mut w);
-                let _ = w.shutdown(std::net::Shutdown::Write);
-                *live.lock().expect("open") -= 1;
-            });
-        }
-    });
-    Echo { addr, connections, open }
-}
-
-/// Sends `data`, half-closes, reads to EOF (bounded by socket timeouts).
-pub(crate) fn echo_through(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let mut w = stream.try_clone().expect("clone");
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = w.write_all(&data);
-        let _ = w.shutdown(std::net::Shutdown::Write);
-    });
-    let mut back = Vec::new();
-    let _ = (&stream).read_to_end(&mut back);
-    let _ = writer.join();
-    back
-}
-
-/// A test CA directory made with the ca-tool library.
-pub(crate) fn pki() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("dir");
-    let ca = ca_tool::ca::CaDir::new(dir.path());
-    ca.init("peer test CA", 30, false).expect("init");
-    let req = |name: &str, kind| ca_tool::ca::LeafRequest {
-        name: name.into(),
-        kind,
-        dns: vec!["localhost".into()],
-        ips: vec!["127.0.0.1".parse().expect("ip")],
-        days: 30,
-        combined: true,
-        force: false,
-    };
-    ca.issue(&req("f3s-storage-ha", ca_tool::index::CertKind::Server)).expect("server");
-    ca.issue(&req("r0", ca_tool::index::CertKind::Client)).expect("r0");
-    dir
-}
-
 pub(crate) fn p(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
@@ -265,7 +173,7 @@ pub(crate) fn fails_with(args: &[&str], expect: &str) {
     assert!(error_lines[0].contains(expect), "{args:?}: {:?} lacks {expect:?}", error_lines[0]);
 }
 
-/// Server flags on loopback with the pki() material, then `extra`.
+/// Server flags on loopback with the [`TestPki`] material in `dir`, then `extra`.
 pub(crate) fn server_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<String> {
     let mut v: Vec<String> = ["server", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:2049"]
         .iter()
@@ -284,12 +192,12 @@ pub(crate) fn server_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<String> {
 }
 
 /// Our client towards `server`, using stunnel's combined PEM (no --key).
-pub(crate) fn our_client(dir: &std::path::Path, server: std::net::SocketAddr) -> Proc {
+pub(crate) fn our_client(dir: &Path, server: SocketAddr) -> Proc {
     our_client_with(dir, &server.to_string(), &[])
 }
 
 /// [`our_client`] towards `server` (HOST:PORT) with `extra` flags; returns it once it is listening.
-pub(crate) fn our_client_with(dir: &std::path::Path, server: &str, extra: &[&str]) -> Proc {
+pub(crate) fn our_client_with(dir: &Path, server: &str, extra: &[&str]) -> Proc {
     let (cert, ca) = (p(dir, "r0-stunnel.pem"), p(dir, "ca-cert.pem"));
     let mut args = vec!["client", "--listen", "127.0.0.1:0", "--server", server];
     args.extend(["--server-name", "f3s-storage-ha", "--cert", &cert, "--ca", &ca]);
@@ -299,33 +207,10 @@ pub(crate) fn our_client_with(dir: &std::path::Path, server: &str, extra: &[&str
     proxy
 }
 
-/// nfs-ganesha serving `export/` on a free port, in the foreground.
-pub(crate) fn ganesha(dir: &std::path::Path) -> (Proc, std::net::SocketAddr) {
-    let port = free_port();
-    let export = dir.join("export");
-    let conf = write(
-        dir,
-        "ganesha.conf",
-        &format!(
-            "NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = {port}; Bind_addr = 127.0.0.1; Enable_NLM = false; \
-             Enable_RQUOTA = false; Enable_UDP = false; }}\n\
-             NFSV4 {{ Graceless = true; Only_Numeric_Owners = true; }}\n\
-             EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RW; Squash = No_Root_Squash; \
-             FSAL {{ Name = VFS; }} CLIENT {{ Clients = 127.0.0.1; Access_Type = RW; }} }}\n",
-            export.display()
-        ),
-    );
-    let proc = Proc::spawn(
-        "ganesha",
-        Command::new("ganesha.nfsd")
-            .args(["-F", "-f"])
-            .arg(&conf)
-            .arg("-L")
-            .arg(dir.join("ganesha.log"))
-            .arg("-p")
-            .arg(dir.join("ganesha.pid")),
-    );
-    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_port(addr);
+/// nfs-ganesha serving `DIR/export/` (see [`test_support::ganesha_command`]), once it listens.
+pub(crate) fn ganesha(dir: &Path) -> (Proc, SocketAddr) {
+    let (mut cmd, addr) = test_support::ganesha_command(dir);
+    let proc = Proc::spawn("ganesha", &mut cmd);
+    wait_port(addr).unwrap_or_else(|e| panic!("ganesha: {e}\n{}", proc.log()));
     (proc, addr)
 }
