@@ -97,6 +97,7 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
     let mut used = 0;
     let mut outgoing: Vec<u8> = Vec::new();
     let mut early = Vec::new();
+    let mut failed = None;
     let peer_closed = loop {
         let UnbufferedStatus { mut discard, state } = conn.process(&mut incoming[..used]);
         let step = match state {
@@ -155,7 +156,13 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
             Step::DoneAndClosed => break true,
             Step::Fail(e) => {
                 send_alert(&mut conn, &mut incoming[..used], &mut tcp).await;
-                return Err(HandshakeError::Tls(e));
+                if conn.is_handshaking() {
+                    return Err(HandshakeError::Tls(e));
+                }
+                // The handshake completed and a record read with it failed: that belongs to the
+                // data phase (the tunnel opens, what came before the bad record is delivered).
+                failed = Some(e);
+                break false;
             }
             Step::Read => {
                 if used == incoming.len() {
@@ -177,7 +184,17 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
     let negotiated = negotiated(&conn);
     let peer_certificates = conn.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
     incoming.truncate(used);
-    Ok(Link::new(tcp, conn.into_conn(), negotiated, peer_certificates, incoming, early, peer_closed, keys))
+    Ok(Link::new(
+        tcp,
+        conn.into_conn(),
+        negotiated,
+        peer_certificates,
+        incoming,
+        early,
+        peer_closed,
+        failed,
+        keys,
+    ))
 }
 
 /// `VERSION/SUITE` of a finished handshake, for the log.
@@ -212,19 +229,13 @@ fn encode(
 }
 
 /// After a failed handshake: send the alert rustls queued (unknown CA, bad certificate, ...), so
-/// the peer learns why; best effort.
+/// the peer learns why; best effort. One call only: rustls hands out a queued alert before it looks
+/// at input again, and a second call would feed it the input it failed on anew (rustls must always
+/// be given the unprocessed input, as it may hold offsets into it).
 async fn send_alert<S: Side>(conn: &mut S, incoming: &mut [u8], tcp: &mut TcpStream) {
     let mut out = Vec::new();
-    for _ in 0..4 {
-        match conn.process(incoming).state {
-            Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                if encode(&mut out, |b| data.encode(b)).is_err() {
-                    break;
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-            _ => break,
-        }
+    if let Ok(ConnectionState::EncodeTlsData(mut data)) = conn.process(incoming).state {
+        let _ = encode(&mut out, |b| data.encode(b));
     }
     if !out.is_empty() {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tcp.write_all(&out)).await;

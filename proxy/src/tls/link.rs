@@ -99,6 +99,9 @@ pub(crate) struct Link {
     early: Vec<u8>,
     /// The peer's close_notify arrived (or TCP ended at a record boundary): end of input.
     input_done: bool,
+    /// A failure met after some plaintext was opened in the same read: reported once that
+    /// plaintext has been handed out.
+    failed: Option<LinkError>,
     close_sent: bool,
     keys: KeyPolicy,
     /// Records sealed under the current key.
@@ -119,7 +122,8 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// A link whose handshake is complete. `pending`: ciphertext read with the handshake's last
     /// flight; `early`: plaintext rustls already decrypted from it; `peer_closed`: its close_notify
-    /// came with the handshake.
+    /// came with the handshake; `failed`: a record behind the handshake failed (its alert is sent),
+    /// reported after `early`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         tcp: TcpStream,
@@ -129,6 +133,7 @@ impl Link {
         pending: Vec<u8>,
         early: Vec<u8>,
         peer_closed: bool,
+        failed: Option<rustls::Error>,
         keys: KeyPolicy,
     ) -> Self {
         Self {
@@ -138,6 +143,7 @@ impl Link {
             tx: Buffer::default(),
             early,
             input_done: peer_closed,
+            failed: failed.map(LinkError::Tls),
             close_sent: false,
             keys,
             sealed: 0,
@@ -182,6 +188,9 @@ impl Link {
             return Poll::Ready(Ok(n));
         }
         loop {
+            if let Some(e) = self.failed.take() {
+                return Poll::Ready(Err(e));
+            }
             if self.input_done {
                 return Poll::Ready(Ok(0));
             }
@@ -264,29 +273,29 @@ impl Link {
                 Step::Again => {}
                 Step::NeedMore => break,
                 Step::PeerClosed => self.input_done = true,
-                Step::Failed(e) => return Err(self.fail(e)),
+                Step::Failed(e) => {
+                    let e = self.fail(e);
+                    if n == 0 {
+                        return Err(e);
+                    }
+                    // The records before the bad one are the peer's data: deliver them first.
+                    self.failed = Some(e);
+                    break;
+                }
             }
         }
         Ok(n)
     }
 
     /// After rustls failed the connection: queue the alert it prepared and try to send it now
-    /// (without waiting: the link is over either way).
+    /// (without waiting: the link is over either way). One call only: rustls hands out a queued
+    /// alert before it looks at input again, and a second call would feed it the failed input anew.
     fn fail(&mut self, error: rustls::Error) -> LinkError {
-        for _ in 0..4 {
-            let queued = process!(&mut self.conn, &mut [], |status| match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut data)) =>
-                    encode_into(&mut self.tx, |b| data.encode(b)).is_ok(),
-                Ok(ConnectionState::TransmitTlsData(data)) => {
-                    data.done();
-                    true
-                }
-                _ => false,
-            });
-            if !queued {
-                break;
+        process!(&mut self.conn, self.rx.filled_mut(), |status| {
+            if let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state {
+                let _ = encode_into(&mut self.tx, |b| data.encode(b));
             }
-        }
+        });
         if !self.tx.is_empty() {
             if let Ok(n) = self.tcp.try_write(self.tx.filled()) {
                 self.tx.consume(n);
@@ -306,39 +315,11 @@ impl Link {
         let take = plain.len().min(MAX_BATCH);
         if let KeyPolicy::Rekey { every: Some(every) } = self.keys {
             if self.sealed >= every {
-                self.refresh_keys()?;
+                self.act(Action::ChangeKeys)?;
+                self.sealed = 0;
             }
         }
-        loop {
-            let done = process!(&mut self.conn, &mut [], |status| match status.state {
-                Err(e) => Err(e),
-                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
-                    match traffic.encrypt(&plain[..take], self.tx.spare()) {
-                        Ok(n) => {
-                            self.tx.filled_by(n);
-                            Ok(true)
-                        }
-                        Err(EncryptError::InsufficientSize(e)) => Err(rustls::Error::General(format!(
-                            "sealed records need {} bytes of buffer",
-                            e.required_size
-                        ))),
-                        Err(e) => Err(rustls::Error::General(e.to_string())),
-                    }
-                }
-                Ok(ConnectionState::EncodeTlsData(mut data)) =>
-                    encode_into(&mut self.tx, |b| data.encode(b)).map(|()| false),
-                Ok(ConnectionState::TransmitTlsData(data)) => {
-                    data.done();
-                    Ok(false)
-                }
-                Ok(other) => Err(rustls::Error::General(format!("cannot send in TLS state {other:?}"))),
-            });
-            match done {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => return Poll::Ready(Err(self.fail(e))),
-            }
-        }
+        self.act(Action::Seal(&plain[..take]))?;
         self.sealed += take.div_ceil(MAX_PLAINTEXT) as u64;
         // Start sending at once; what the socket does not take now goes with the next call.
         if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
@@ -347,20 +328,63 @@ impl Link {
         Poll::Ready(Ok(take))
     }
 
-    /// Our own KeyUpdate (TLS 1.3), queued before the next record.
-    fn refresh_keys(&mut self) -> Result<(), LinkError> {
-        let refreshed = process!(&mut self.conn, &mut [], |status| match status.state {
-            Ok(ConnectionState::WriteTraffic(traffic)) => traffic.refresh_traffic_keys(),
-            Ok(other) => Err(rustls::Error::General(format!("cannot change keys in TLS state {other:?}"))),
-            Err(e) => Err(e),
-        });
-        match refreshed {
-            Ok(()) => {
-                self.sealed = 0;
-                Ok(())
+    /// Runs rustls until it can take application data, then does `action`. rustls must always be
+    /// given the unprocessed input (it keeps offsets into it while it reassembles a handshake
+    /// message), so records it opens on the way are kept for [`Link::poll_read`], and its own
+    /// messages are queued in `tx`.
+    fn act(&mut self, action: Action<'_>) -> Result<(), LinkError> {
+        for _ in 0..1024 {
+            let (discard, next) = process!(&mut self.conn, self.rx.filled_mut(), |status| {
+                let UnbufferedStatus { discard, state } = status;
+                let next = match state {
+                    Err(e) => Next::Failed(e),
+                    Ok(ConnectionState::WriteTraffic(mut traffic)) => match action {
+                        Action::ChangeKeys => {
+                            traffic.refresh_traffic_keys().map_or_else(Next::Failed, |()| Next::Done)
+                        }
+                        Action::Seal(plain) => sealed(traffic.encrypt(plain, self.tx.spare()), &mut self.tx),
+                        Action::CloseNotify => {
+                            sealed(traffic.queue_close_notify(self.tx.spare()), &mut self.tx)
+                        }
+                    },
+                    Ok(ConnectionState::ReadTraffic(mut records)) => match records.next_record() {
+                        Some(Ok(record)) => {
+                            self.early.extend_from_slice(record.payload);
+                            Next::Again
+                        }
+                        Some(Err(e)) => Next::Failed(e),
+                        None => Next::Again,
+                    },
+                    Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                        encode_into(&mut self.tx, |b| data.encode(b))
+                            .map_or_else(Next::Failed, |()| Next::Again)
+                    }
+                    Ok(ConnectionState::TransmitTlsData(data)) => {
+                        data.done();
+                        Next::Again
+                    }
+                    Ok(ConnectionState::PeerClosed) => Next::PeerClosed,
+                    // Both close_notify are exchanged: nothing more can be sent.
+                    Ok(ConnectionState::Closed) => Next::Closed,
+                    Ok(other) => {
+                        Next::Failed(rustls::Error::General(format!("cannot send in TLS state {other:?}")))
+                    }
+                };
+                (discard, next)
+            });
+            self.rx.consume(discard);
+            match next {
+                Next::Done => return Ok(()),
+                Next::Again => {}
+                Next::PeerClosed => self.input_done = true,
+                Next::Closed if matches!(action, Action::CloseNotify) => return Ok(()),
+                Next::Closed => {
+                    return Err(self.fail(rustls::Error::General("the connection is closed".into())));
+                }
+                Next::Failed(e) => return Err(self.fail(e)),
             }
-            Err(e) => Err(self.fail(e)),
         }
+        Err(self.fail(rustls::Error::General("rustls made no progress".into())))
     }
 
     /// Writes out everything sealed so far.
@@ -379,23 +403,7 @@ impl Link {
     pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LinkError>> {
         if !self.close_sent {
             ready!(self.poll_flush(cx))?;
-            let queued = process!(&mut self.conn, &mut [], |status| match status.state {
-                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
-                    match traffic.queue_close_notify(self.tx.spare()) {
-                        Ok(n) => {
-                            self.tx.filled_by(n);
-                            Ok(())
-                        }
-                        Err(e) => Err(rustls::Error::General(e.to_string())),
-                    }
-                }
-                // The connection is already over in TLS terms (e.g. both close_notify exchanged).
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            });
-            if let Err(e) = queued {
-                return Poll::Ready(Err(self.fail(e)));
-            }
+            self.act(Action::CloseNotify)?;
             self.close_sent = true;
         }
         ready!(self.poll_flush(cx))?;
@@ -420,12 +428,45 @@ impl Link {
     }
 }
 
+/// What [`Link::act`] does once rustls can take application data.
+#[derive(Clone, Copy)]
+enum Action<'a> {
+    Seal(&'a [u8]),
+    CloseNotify,
+    /// Our own KeyUpdate (TLS 1.3), sent before the next record.
+    ChangeKeys,
+}
+
+/// What [`Link::act`] does after one call into rustls.
+enum Next {
+    Done,
+    Again,
+    PeerClosed,
+    Closed,
+    Failed(rustls::Error),
+}
+
 /// One step of opening records.
 enum Step {
     Again,
     NeedMore,
     PeerClosed,
     Failed(rustls::Error),
+}
+
+/// What rustls sealed into `tx`'s spare room.
+fn sealed(result: Result<usize, EncryptError>, tx: &mut Buffer) -> Next {
+    match result {
+        Ok(n) => {
+            tx.filled_by(n);
+            Next::Done
+        }
+        Err(EncryptError::InsufficientSize(e)) => Next::Failed(rustls::Error::General(format!(
+            "sealed records need {} bytes of buffer",
+            e.required_size
+        ))),
+        Err(e) => Next::Failed(rustls::Error::General(e.to_string())),
+    }
 }
 
 /// Lets rustls write one of its messages into `tx`.

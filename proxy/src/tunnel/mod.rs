@@ -108,6 +108,22 @@ pub trait Mode: Send + Sync + 'static {
     fn health(&self) -> impl Future<Output = Result<String, String>> + Send;
 }
 
+/// An entry in the open-tunnel registry, removed (and counted as closed) when this is dropped.
+struct Registered<'a, M> {
+    ctx: &'a Ctx<M>,
+    entry: &'a registry::TunnelEntry,
+    transport: &'static str,
+}
+
+impl<M> Drop for Registered<'_, M> {
+    fn drop(&mut self) {
+        self.ctx.tunnels.remove(self.entry.id);
+        let (up, down) = self.entry.unreported();
+        self.ctx.metrics.add_bytes(&self.entry.identity, up, down);
+        self.ctx.metrics.closed(&self.entry.identity, self.transport);
+    }
+}
+
 /// Runs one connection to its end and logs its summary.
 pub(crate) async fn run_one<M: Mode>(
     ctx: Arc<Ctx<M>>,
@@ -125,6 +141,8 @@ pub(crate) async fn run_one<M: Mode>(
         Err(reason) => return refuse(&ctx.metrics, peer, &reason),
     };
     let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert, opened.transport);
+    // Leaves the registry and the open-tunnel gauge even if the copy loop panics.
+    let registered = Registered { ctx: &*ctx, entry: &entry, transport: opened.transport.word() };
     if !ctx.is_serving(listener) {
         // The listener's address was lost while this connection was in its handshake.
         entry.cut("listen address lost during the handshake");
@@ -140,10 +158,7 @@ pub(crate) async fn run_one<M: Mode>(
         "tunnel opened"
     );
     let end = splice(opened.link, opened.plain, M::TLS_INBOUND, &entry.counters, &entry.switch).await;
-    ctx.tunnels.remove(entry.id);
-    let (up, down) = entry.unreported();
-    ctx.metrics.add_bytes(&entry.identity, up, down);
-    ctx.metrics.closed(&entry.identity, transport);
+    drop(registered);
     let (bytes_up, bytes_down) = entry.counters.totals();
     tracing::info!(
         %peer,
