@@ -96,7 +96,7 @@ summary=$results/summary
 status=0
 if [[ ! -f $summary ]] || ! grep -q '^guest: done' "$summary"; then
     echo "FAIL the guest did not finish${timed_out:+ (timed out)}; console tail:"
-    tail -n 25 "$last/vm-console.log" | tr -d '\r' | sed 's/^/    /'
+    tail -n 25 "$last/vm-console.log" | sed -e 's/\r//g' -e 's/\x1b[[c?0-9;]*[a-zA-Z]\?//g' -e 's/^/    /'
     status=1
 fi
 # Every planned scenario must have a line; one with none was cut off by a crash or the deadline.

@@ -540,7 +540,7 @@ run_scenario() {
     took=$(since "$t0")
     cleanup_scenario
     local detail
-    detail=$(grep '^detail: ' "$SC_OUT/output.log" | sed 's/^detail: //' | paste -sd ';' | sed 's/;/; /g')
+    detail=$(grep '^detail: ' "$SC_OUT/output.log" | sed 's/^detail: //' | paste -sd '|' | sed 's/|/; /g')
     if ((rc == 0)); then
         echo "PASS $name (${took%.*}s)${detail:+: $detail}" | tee -a "$OUT/summary"
     else
