@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::cmd::reload::StatusFile;
 use crate::config::{self, Cli, Command, TlsFiles};
 use crate::os::Privileges;
+use crate::serve::reload::Material;
 use crate::serve::Running;
 use crate::tunnel::Mode;
 
@@ -19,6 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(a) => &a.log,
         Command::ConvertStunnel(a) => &a.log,
         Command::Manual(a) => &a.log,
+        Command::Reload(a) => &a.log,
     };
     crate::logging::init(log).map_err(anyhow::Error::msg)?;
     let threads = match &cli.command {
@@ -37,26 +40,45 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Server(args) => {
                 let cfg = config::Server::resolve(&args)?;
                 let running = crate::serve::start_server(&cfg).await?;
-                let watch = Watch::new(&cfg.common, cfg.crl.clone());
+                let material = Material::read(&cfg.common.tls, cfg.crl.as_deref(), &cfg.allow);
+                let watch = Watch::new(&cfg.common, cfg.crl.clone(), material)?;
                 serve_until_signal(running, watch, |running| {
                     let Command::Server(args) = reparse()? else { anyhow::bail!("not a server command") };
-                    let cfg = config::Server::resolve(&args)?;
-                    crate::serve::reload::reload_server(running, &cfg)?;
-                    Ok((cfg.common.tls, cfg.crl))
+                    let new = config::Server::resolve(&args)?;
+                    let cut = crate::serve::reload::reload_server(running, &new)?;
+                    Ok(Reloaded {
+                        material: Material::read(&new.common.tls, new.crl.as_deref(), &new.allow),
+                        restart_needed: cfg.restart_needed(&new),
+                        tls: new.common.tls,
+                        crl: new.crl,
+                        cut,
+                    })
                 })
                 .await
             }
             Command::Client(args) => {
                 let cfg = config::Client::resolve(&args)?;
                 let running = crate::serve::start_client(&cfg).await?;
-                let watch = Watch::new(&cfg.common, None);
+                let material = Material::read(&cfg.common.tls, None, &config::AllowList::default());
+                let watch = Watch::new(&cfg.common, None, material)?;
                 serve_until_signal(running, watch, |running| {
                     let Command::Client(args) = reparse()? else { anyhow::bail!("not a client command") };
-                    let cfg = config::Client::resolve(&args)?;
-                    crate::serve::reload::reload_client(running, &cfg)?;
-                    Ok((cfg.common.tls, None))
+                    let new = config::Client::resolve(&args)?;
+                    crate::serve::reload::reload_client(running, &new)?;
+                    Ok(Reloaded {
+                        material: Material::read(&new.common.tls, None, &config::AllowList::default()),
+                        restart_needed: cfg.restart_needed(&new),
+                        tls: new.common.tls,
+                        crl: None,
+                        cut: 0,
+                    })
                 })
                 .await
+            }
+            Command::Reload(args) => {
+                let outcome = crate::cmd::reload::run(&args.pid_file, args.timeout).await?;
+                println!("{outcome}");
+                Ok(())
             }
             Command::Demo(_) => crate::cmd::demo::run().await,
             Command::Check(args) => {
@@ -111,24 +133,45 @@ fn reparse() -> anyhow::Result<Command> {
         .command)
 }
 
+/// What a successful reload reports to the serving loop.
+struct Reloaded {
+    tls: TlsFiles,
+    crl: Option<PathBuf>,
+    material: Material,
+    cut: usize,
+    /// Changed settings that only a restart applies.
+    restart_needed: Vec<&'static str>,
+}
+
 /// What the serving loop keeps an eye on besides signals.
 struct Watch {
     tls: TlsFiles,
     crl: Option<PathBuf>,
+    material: Material,
     drain: Duration,
     reload_every: Option<Duration>,
     privileges: Option<Privileges>,
+    /// `--pid-file`: the pid, and each reload's outcome next to it.
+    status: Option<StatusFile>,
 }
 
 impl Watch {
-    fn new(common: &config::Common, crl: Option<PathBuf>) -> Self {
-        Self {
+    /// Writes the pid file (before privileges are dropped; it is handed to the user run as).
+    fn new(common: &config::Common, crl: Option<PathBuf>, material: Material) -> anyhow::Result<Self> {
+        let owner = common.privileges.as_ref().map(|p| (p.uid, p.gid));
+        let status = match &common.pid_file {
+            Some(path) => Some(StatusFile::create(path, owner)?),
+            None => None,
+        };
+        Ok(Self {
             tls: common.tls.clone(),
             crl,
+            material,
             drain: common.drain_timeout,
             reload_every: common.reload_every,
             privileges: common.privileges.clone(),
-        }
+            status,
+        })
     }
 
     /// Logs near expiry and publishes every deadline as a metric.
@@ -162,7 +205,7 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 async fn serve_until_signal<M: Mode>(
     running: Running<M>,
     mut watch: Watch,
-    reload: impl Fn(&Running<M>) -> anyhow::Result<(TlsFiles, Option<PathBuf>)>,
+    reload: impl Fn(&Running<M>) -> anyhow::Result<Reloaded>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -174,6 +217,7 @@ async fn serve_until_signal<M: Mode>(
         tracing::info!(user = %p.user, uid = p.uid, gid = p.gid, "dropped privileges");
     }
     watch.check_expiry(&running.ctx.metrics);
+    running.ctx.metrics.loaded(false, true, time::OffsetDateTime::now_utc().unix_timestamp());
     if let Err(e) = crate::os::sd_notify("READY=1") {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
@@ -190,23 +234,50 @@ async fn serve_until_signal<M: Mode>(
                 continue;
             }
         };
-        match reload(&running) {
-            Ok((tls, crl)) => {
-                (watch.tls, watch.crl) = (tls, crl);
+        // systemd (Type=notify-reload, or a waiting ExecReload) learns that a reload runs and ends.
+        let _ = crate::os::sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::os::monotonic_usec()));
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let outcome = match reload(&running) {
+            Ok(r) => {
+                let changes = watch.material.changes(&r.material);
+                let changes = if changes.is_empty() { "none".to_owned() } else { changes.join("; ") };
+                let restart = r.restart_needed.join(",");
+                if restart.is_empty() {
+                    tracing::info!(trigger = why, %changes, open_tunnels_cut = r.cut, "reloaded TLS material");
+                } else {
+                    tracing::warn!(
+                        trigger = why,
+                        %changes,
+                        open_tunnels_cut = r.cut,
+                        restart_needed = %restart,
+                        "reloaded TLS material; changed settings that only a restart applies were not applied"
+                    );
+                }
+                (watch.tls, watch.crl, watch.material) = (r.tls, r.crl, r.material);
                 watch.check_expiry(&running.ctx.metrics);
+                running.ctx.metrics.loaded(true, true, now);
+                Ok(format!("reloaded: {changes}"))
             }
             Err(e) => {
-                tracing::warn!(
-                    trigger = why,
-                    error = format!("{e:#}"),
-                    "reload failed; keeping the current configuration"
-                )
+                let error = format!("{e:#}");
+                tracing::error!(trigger = why, %error, "reload failed; keeping the current configuration");
+                running.ctx.metrics.loaded(true, false, now);
+                Err(format!("reload failed: {error}"))
+            }
+        };
+        if let Some(status) = &mut watch.status {
+            if let Err(e) = status.record(&outcome) {
+                tracing::warn!(error = %e, "cannot record the reload outcome");
             }
         }
+        let _ = crate::os::sd_notify("READY=1");
     };
     tracing::info!(signal = which, "shutting down");
     let _ = crate::os::sd_notify("STOPPING=1");
     let cut = running.shutdown(watch.drain).await;
+    if let Some(status) = watch.status.take() {
+        status.remove();
+    }
     tracing::info!(cut, "stopped");
     Ok(())
 }

@@ -11,6 +11,11 @@
 //! | `nfs_tls_proxy_listen_address_owned` | gauge | listen |
 //! | `nfs_tls_proxy_expiry_timestamp_seconds` | gauge | what (certificate, ca, crl-next-update), file |
 //! | `nfs_tls_proxy_build_info` | gauge | version, mode |
+//! | `nfs_tls_proxy_redirected_tunnels_total` | counter | original_dst (a `--redirect` address, or `other`) |
+//! | `nfs_tls_proxy_redirect_in_place` | gauge | redirect (client `--redirect`: 1 while its rule is in place) |
+//! | `nfs_tls_proxy_redirect_restored_total` | counter | - (rules put back after something removed them) |
+//! | `nfs_tls_proxy_reload_total` | counter | result (`success`, `failure`) |
+//! | `nfs_tls_proxy_last_reload_success_timestamp_seconds` | gauge | - |
 
 use std::time::Duration;
 
@@ -36,6 +41,9 @@ struct ByteLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+    /// The presented certificate's name when the CA signed it (expired, revoked, not allowed...);
+    /// `-` otherwise, so the label set stays bounded by the CA's own list.
+    identity: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +60,16 @@ struct ListenLabels {
 struct ExpiryLabels {
     what: &'static str,
     file: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DstLabels {
+    original_dst: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RedirectLabels {
+    redirect: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +94,16 @@ pub struct Metrics {
     handshake: Family<TransportLabels, Histogram, fn() -> Histogram>,
     owned: Family<ListenLabels, Gauge>,
     expiry: Family<ExpiryLabels, Gauge>,
+    redirected: Family<DstLabels, Counter>,
+    redirect_in_place: Family<RedirectLabels, Gauge>,
+    redirect_restored: Counter,
+    reloads: Family<ResultLabels, Counter>,
+    last_reload: Gauge,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 impl Metrics {
@@ -116,12 +144,89 @@ impl Metrics {
             expiry.clone(),
         );
         registry.register("build_info", "Version and mode of this proxy", build);
-        Self { registry, tunnels_open, tunnels_total, bytes, refusals, handshake, owned, expiry }
+        let redirected = Family::<DstLabels, Counter>::default();
+        registry.register(
+            "redirected_tunnels",
+            "Tunnels of connections the client's --redirect sent here, by original destination",
+            redirected.clone(),
+        );
+        let redirect_in_place = Family::<RedirectLabels, Gauge>::default();
+        registry.register(
+            "redirect_in_place",
+            "1 while the client's nftables rule for this --redirect is in place",
+            redirect_in_place.clone(),
+        );
+        let redirect_restored = Counter::default();
+        registry.register(
+            "redirect_restored",
+            "Times the client put its --redirect rules back after something (a firewall reload) removed them",
+            redirect_restored.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        // Both series exist from the start, so an alert on failures sees 0 before the first one.
+        let _ = reloads.get_or_create(&ResultLabels { result: "success" });
+        let _ = reloads.get_or_create(&ResultLabels { result: "failure" });
+        registry.register(
+            "reload",
+            "Reloads of the TLS material (signal or timer), by result",
+            reloads.clone(),
+        );
+        let last_reload = Gauge::default();
+        registry.register(
+            "last_reload_success_timestamp_seconds",
+            "When the TLS material was last loaded successfully, at start or by a reload (Unix time)",
+            last_reload.clone(),
+        );
+        Self {
+            registry,
+            tunnels_open,
+            tunnels_total,
+            bytes,
+            refusals,
+            handshake,
+            owned,
+            expiry,
+            reloads,
+            last_reload,
+            redirected,
+            redirect_in_place,
+            redirect_restored,
+        }
     }
 
-    /// A refused connection; `reason` is one of the refusal words (`RefuseReason::word`).
-    pub fn refused(&self, reason: &'static str) {
-        self.refusals.get_or_create(&ReasonLabels { reason }).inc();
+    /// The material was loaded: at start (`reload` false) or by a reload that succeeded or failed.
+    pub fn loaded(&self, reload: bool, ok: bool, unix_now: i64) {
+        if reload {
+            let result = if ok { "success" } else { "failure" };
+            self.reloads.get_or_create(&ResultLabels { result }).inc();
+        }
+        if ok {
+            self.last_reload.set(unix_now);
+        }
+    }
+
+    /// A tunnel of a connection `--redirect` sent here; `original_dst` is the redirect address (or
+    /// `other`, which keeps the label set bounded).
+    pub fn redirected(&self, original_dst: &str) {
+        self.redirected.get_or_create(&DstLabels { original_dst: original_dst.to_owned() }).inc();
+    }
+
+    /// Whether the rule for `redirect` (e.g. `192.0.2.138:2049`) is in place.
+    pub fn set_redirect_in_place(&self, redirect: &str, in_place: bool) {
+        self.redirect_in_place
+            .get_or_create(&RedirectLabels { redirect: redirect.to_owned() })
+            .set(i64::from(in_place));
+    }
+
+    /// The redirect rules were found missing and put back.
+    pub fn redirect_restored(&self) {
+        self.redirect_restored.inc();
+    }
+
+    /// A refused connection; `reason` is one of the refusal words (`RefuseReason::word`),
+    /// `identity` the name of a certificate the CA signed, or `-`.
+    pub fn refused(&self, reason: &'static str, identity: &str) {
+        self.refusals.get_or_create(&ReasonLabels { reason, identity: identity.to_owned() }).inc();
     }
 
     pub fn opened(&self, identity: &str, transport: &'static str, took: Duration) {

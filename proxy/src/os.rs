@@ -187,6 +187,13 @@ pub(crate) fn sd_notify(state: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// CLOCK_MONOTONIC in microseconds, for sd_notify's `MONOTONIC_USEC` with `RELOADING=1`.
+pub(crate) fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0)
+}
+
 /// The user and group to switch to after binding, resolved at configuration time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Privileges {
@@ -230,6 +237,53 @@ impl Privileges {
         }
         Ok(())
     }
+}
+
+/// Where a redirected connection was going before NAT sent it to us (`SO_ORIGINAL_DST`, Linux
+/// conntrack), if that differs from the address it arrived at. None for connections made to our
+/// listener directly, and everywhere but Linux.
+pub(crate) fn original_dst(
+    tcp: &impl std::os::fd::AsFd,
+    local: std::net::SocketAddr,
+) -> Option<std::net::SocketAddr> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let dst = if local.is_ipv4() {
+            let sin = getsockopt(tcp, sockopt::OriginalDst).ok()?;
+            std::net::SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ))
+        } else {
+            let sin6 = getsockopt(tcp, sockopt::Ip6tOriginalDst).ok()?;
+            std::net::SocketAddr::from((
+                std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+            ))
+        };
+        (dst != local).then_some(dst)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (tcp, local);
+        None
+    }
+}
+
+/// Every address assigned to this host's interfaces.
+pub(crate) fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|sa| {
+            sa.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .collect();
+    out.dedup();
+    Ok(out)
 }
 
 #[cfg(test)]

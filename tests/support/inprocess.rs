@@ -31,6 +31,7 @@ pub fn common(files: TlsFiles) -> Common {
         max_connections: 1024,
         keepalive: Keepalive::After(Duration::from_secs(60)),
         key_update_every: None,
+        pid_file: None,
         drain_timeout: Duration::from_secs(1),
         reload_every: None,
         metrics: None,
@@ -61,6 +62,10 @@ pub fn client_config(pki: &TestPki, name: &str, servers: &[SocketAddr], server_n
             .iter()
             .map(|a| Upstream { endpoint: endpoint(*a), server_name: server_name.to_owned() })
             .collect(),
+        upstream_source_port: SourcePort::Any,
+        upstream_retry_for: config::DEFAULT_UPSTREAM_RETRY_FOR,
+        redirect: Vec::new(),
+        redirect_check_every: config::DEFAULT_REDIRECT_CHECK_EVERY,
         common: common(pki.files(name)),
     }
 }

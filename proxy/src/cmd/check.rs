@@ -3,15 +3,12 @@
 //! one line; any problem makes the command fail, so it fits `ExecStartPre` and rc.d's `precmd`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use ca_tool::inspect::{format_time, CertInfo, CrlInfo};
-use rustls::client::danger::ServerCertVerifier;
-use rustls::pki_types::{ServerName, UnixTime};
 use time::OffsetDateTime;
 
-use crate::config::{self, CheckMode, Command, TlsFiles};
+use crate::config::{self, CheckMode, Command};
+use crate::tls::validate::{validate, Crl, Findings, Reader, Role};
 
 /// What `check` found: the summary lines, and the problems (each one line).
 #[derive(Debug, Default)]
@@ -99,12 +96,23 @@ fn check_server(r: &mut Report, cfg: &config::Server) {
     r.line("backend", format!("{} (source port: {:?})", cfg.backend, cfg.backend_source_port));
     r.line("rpc-tls", if cfg.rpc_tls { "on (RFC 9289 clients answered)" } else { "off" });
     let c = &cfg.common;
-    let tls =
-        crate::tls::server_config(&c.tls, cfg.crl.as_deref(), cfg.enforce_crl_expiry, &cfg.allow, c.min_tls);
-    own_material(r, &c.tls, tls.as_ref().err().map(ToString::to_string), true);
-    match &cfg.crl {
-        None => r.warnings.push("no --crl: a certificate can only be withdrawn by replacing the CA".into()),
-        Some(path) => crl(r, path, &c.tls.ca),
+    let reader = Reader::after_drop(c.privileges.as_ref());
+    let crl = cfg.crl.as_deref().map(|path| Crl { path, enforce_expiry: cfg.enforce_crl_expiry });
+    if absorb(r, validate(&c.tls, crl, Role::Server, reader, OffsetDateTime::now_utc())) {
+        // The loader itself, for anything the validation does not look at.
+        if let Err(e) = crate::tls::server_config(
+            &c.tls,
+            cfg.crl.as_deref(),
+            cfg.enforce_crl_expiry,
+            &cfg.allow,
+            c.min_tls,
+            reader,
+        ) {
+            r.problems.push(e.to_string());
+        }
+    }
+    if cfg.crl.is_none() {
+        r.warnings.push("no --crl: a certificate can only be withdrawn by replacing the CA".into());
     }
     let names: Vec<&str> = cfg.allow.names().collect();
     if names.is_empty() {
@@ -114,6 +122,56 @@ fn check_server(r: &mut Report, cfg: &config::Server) {
         );
     } else {
         r.line("allow-cn", names.join(", "));
+    }
+    backend_exposed(r, cfg);
+}
+
+/// Warns when the backend is on loopback but its port also answers on one of this host's other
+/// addresses: plaintext NFS reachable around the tunnel (nfsd should listen on loopback only).
+fn backend_exposed(r: &mut Report, cfg: &config::Server) {
+    let host = cfg.backend.host.as_str();
+    let on_loopback =
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !on_loopback {
+        return;
+    }
+    let Ok(addrs) = crate::os::host_addresses() else { return };
+    let port = cfg.backend.port;
+    for ip in addrs {
+        // Loopback is where it belongs; fe80:: needs a scope to dial and is not routed anyway.
+        if ip.is_loopback() || matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) {
+            continue;
+        }
+        let addr = std::net::SocketAddr::new(ip, port);
+        // Our own listener on that port (the server may serve RFC 9289 clients on :2049) is not nfsd.
+        if cfg.listen.iter().any(|l| l.port() == port && (l.ip() == ip || l.ip().is_unspecified())) {
+            continue;
+        }
+        if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok() {
+            r.warnings.push(format!(
+                "backend port {port} also answers on {addr}: plaintext NFS is reachable around the tunnel; \
+                 let the NFS server listen on 127.0.0.1 only (FreeBSD: nfs_server_flags=\"-t -h 127.0.0.1\"; \
+                 Linux: [nfsd] host=127.0.0.1 in /etc/nfs.conf) or firewall the port"
+            ));
+        }
+    }
+}
+
+/// Each `--redirect`: whether its rule is in place now (it is while the client runs), and whether the
+/// kernel would take the table (`nft -c`, which changes nothing).
+fn redirects(r: &mut Report, cfg: &config::Client) {
+    let Some(table) = crate::redirect::Table::new(&cfg.redirect, &cfg.listen) else { return };
+    let missing = table.missing();
+    for rule in &table.rules {
+        let state = match &missing {
+            Ok(m) if m.contains(rule) => "not in place now: the client installs it at start".to_owned(),
+            Ok(_) => "in place".to_owned(),
+            Err(e) => format!("cannot tell: {e}"),
+        };
+        r.line("redirect", format!("{rule} (table inet {}; {state})", table.name));
+    }
+    if let Err(e) = table.dry_run() {
+        r.problems.push(e.to_string());
     }
 }
 
@@ -127,10 +185,19 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
             format!("{} (name {}, {})", s.endpoint, s.server_name, cfg.upstream_protocol.word()),
         );
     }
+    redirects(r, cfg);
     let c = &cfg.common;
-    let tls = crate::tls::client_config(&c.tls, c.min_tls, cfg.upstream_protocol);
-    own_material(r, &c.tls, tls.as_ref().err().map(ToString::to_string), false);
-    let Ok(tls) = tls else { return };
+    let reader = Reader::after_drop(c.privileges.as_ref());
+    if !absorb(r, validate(&c.tls, None, Role::Client, reader, OffsetDateTime::now_utc())) {
+        return;
+    }
+    let tls = match crate::tls::client_config(&c.tls, c.min_tls, cfg.upstream_protocol, reader) {
+        Ok(tls) => tls,
+        Err(e) => {
+            r.problems.push(e.to_string());
+            return;
+        }
+    };
     // The server's certificate is only known by asking: a handshake with each server that answers,
     // made exactly as the client makes it.
     let mode = crate::tunnel::client::ClientMode {
@@ -142,6 +209,10 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
         connect_timeout: c.connect_timeout,
         keepalive: config::Keepalive::Off,
         key_update_every: None,
+        source_port: cfg.upstream_source_port,
+        retry_for: std::time::Duration::ZERO,
+        redirects: Vec::new(),
+        failures: Default::default(),
     };
     for s in &cfg.servers {
         match mode.dial(s).await {
@@ -158,161 +229,13 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
     }
 }
 
-/// Certificate, key and CA: what they are, and whether they fit together.
-fn own_material(r: &mut Report, files: &TlsFiles, load_error: Option<String>, server: bool) {
-    let now = OffsetDateTime::now_utc();
-    let leaf = ca_tool::pem::load_certs(&files.cert).ok().and_then(|c| c.into_iter().next());
-    match leaf.as_ref().map(|der| CertInfo::parse(der)) {
-        Some(Ok(info)) => {
-            let mut names: Vec<String> = Vec::new();
-            for n in info.names().map(str::to_owned).chain(info.ip_addresses.iter().map(ToString::to_string))
-            {
-                if !names.contains(&n) {
-                    names.push(n);
-                }
-            }
-            r.line(
-                "certificate",
-                format!(
-                    "{} ({}; SANs {}; expires {}, {} days)",
-                    files.cert.display(),
-                    info.subject,
-                    if names.is_empty() { "-".into() } else { names.join(", ") },
-                    format_time(info.not_after),
-                    (info.not_after - now).whole_days()
-                ),
-            );
-            dates(r, "certificate", &files.cert, info.not_before, info.not_after, now);
-        }
-        Some(Err(e)) => r.problems.push(format!("{}: {e}", files.cert.display())),
-        None => {}
+/// Adds what the validation found to the report; returns whether it found no problem.
+fn absorb(r: &mut Report, found: Findings) -> bool {
+    for (label, text) in found.facts {
+        r.line(label, text);
     }
-    match &load_error {
-        Some(e) => r.problems.push(e.clone()),
-        None => r.line("key", format!("{} matches the certificate", key_path(files).display())),
-    }
-    let cas = ca_tool::pem::load_certs(&files.ca).unwrap_or_default();
-    for ca in &cas {
-        if let Ok(info) = CertInfo::parse(ca) {
-            r.line(
-                "ca",
-                format!("{} ({}; expires {})", files.ca.display(), info.subject, format_time(info.not_after)),
-            );
-            dates(r, "CA certificate", &files.ca, info.not_before, info.not_after, now);
-        }
-    }
-    if let (Some(leaf), false, None) = (&leaf, cas.is_empty(), &load_error) {
-        match chains(leaf, &cas, server) {
-            Ok(()) => r.line(
-                "chain",
-                format!(
-                    "the certificate chains to the CA as a {} certificate",
-                    if server { "server" } else { "client" }
-                ),
-            ),
-            Err(e) => r.problems.push(format!(
-                "{}: does not chain to {} ({e})",
-                files.cert.display(),
-                files.ca.display()
-            )),
-        }
-    }
-}
-
-fn key_path(files: &TlsFiles) -> PathBuf {
-    files.key.clone().unwrap_or_else(|| files.cert.clone())
-}
-
-fn dates(
-    r: &mut Report,
-    what: &str,
-    path: &Path,
-    from: OffsetDateTime,
-    until: OffsetDateTime,
-    now: OffsetDateTime,
-) {
-    if until < now {
-        r.problems.push(format!("{}: the {what} expired on {}", path.display(), format_time(until)));
-    } else if from > now {
-        r.problems.push(format!("{}: the {what} is not valid before {}", path.display(), format_time(from)));
-    } else if until - now < crate::ops::expiry::WARN_WITHIN {
-        r.warnings.push(format!(
-            "{}: the {what} expires within 30 days ({})",
-            path.display(),
-            format_time(until)
-        ));
-    }
-}
-
-/// Verifies `leaf` against `cas` the way the peer will: as a server or a client certificate.
-fn chains(
-    leaf: &rustls::pki_types::CertificateDer<'static>,
-    cas: &[rustls::pki_types::CertificateDer<'static>],
-    server: bool,
-) -> Result<(), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in cas {
-        roots.add(ca.clone()).map_err(|e| e.to_string())?;
-    }
-    let roots = Arc::new(roots);
-    let provider = crate::tls::provider();
-    let now = UnixTime::now();
-    if server {
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let info = CertInfo::parse(leaf).map_err(|e| e.to_string())?;
-        let name = info.names().next().map(str::to_owned).ok_or("no name to check it against")?;
-        let name = ServerName::try_from(name).map_err(|e| e.to_string())?;
-        verifier.verify_server_cert(leaf, &[], &name, &[], now).map(|_| ()).map_err(|e| e.to_string())
-    } else {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| e.to_string())?;
-        verifier.verify_client_cert(leaf, &[], now).map(|_| ()).map_err(|e| e.to_string())
-    }
-}
-
-fn crl(r: &mut Report, path: &Path, ca: &Path) {
-    let ca_subjects: Vec<String> = ca_tool::pem::load_certs(ca)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|c| CertInfo::parse(c).ok())
-        .map(|i| i.subject)
-        .collect();
-    for der in ca_tool::pem::load_crls(path).unwrap_or_default() {
-        let Ok(info) = CrlInfo::parse(&der) else { continue };
-        let next = info.next_update.map(format_time).unwrap_or_else(|| "-".into());
-        r.line(
-            "crl",
-            format!(
-                "{} (issuer {}; next update {next}; {} revoked)",
-                path.display(),
-                info.issuer,
-                info.revoked.len()
-            ),
-        );
-        if !ca_subjects.contains(&info.issuer) {
-            r.problems.push(format!(
-                "{}: issued by {}, not by the CA in {}",
-                path.display(),
-                info.issuer,
-                ca.display()
-            ));
-        }
-        let now = OffsetDateTime::now_utc();
-        match info.next_update {
-            Some(at) if at < now => r.problems.push(format!(
-                "{}: nextUpdate {} has passed; publish a fresh CRL (ca-tool crl)",
-                path.display(),
-                format_time(at)
-            )),
-            Some(at) if at - now < crate::ops::expiry::WARN_WITHIN => r.warnings.push(format!(
-                "{}: nextUpdate within 30 days ({})",
-                path.display(),
-                format_time(at)
-            )),
-            _ => {}
-        }
-    }
+    r.warnings.extend(found.warnings);
+    let ok = found.problems.is_empty();
+    r.problems.extend(found.problems);
+    ok
 }

@@ -70,6 +70,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
             endpoint: Endpoint { host: "127.0.0.1".into(), port: server_addr.port() },
             server_name: "f3s-storage-ha".into(),
         }],
+        upstream_source_port: config::SourcePort::Any,
+        upstream_retry_for: config::DEFAULT_UPSTREAM_RETRY_FOR,
+        redirect: Vec::new(),
+        redirect_check_every: config::DEFAULT_REDIRECT_CHECK_EVERY,
         common: common(cert, key, &p("ca-cert.pem")),
     };
     let r0 = crate::serve::start_client(&client_cfg(&p("r0-cert.pem"), &p("r0-key.pem"))).await?;
@@ -126,6 +130,7 @@ fn common(cert: &Path, key: &Path, ca: &Path) -> Common {
         max_connections: 64,
         keepalive: Keepalive::After(Duration::from_secs(60)),
         key_update_every: None,
+        pid_file: None,
         drain_timeout: Duration::from_secs(1),
         reload_every: None,
         metrics: None,

@@ -4,3 +4,4 @@ pub(crate) mod check;
 pub(crate) mod convert;
 pub(crate) mod demo;
 pub(crate) mod manual;
+pub(crate) mod reload;

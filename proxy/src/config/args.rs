@@ -10,8 +10,8 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::{
-    parse_duration, parse_keepalive, parse_metrics_addr, parse_tls_version, CheckMode, ConfigError, Endpoint,
-    Keepalive, OnOff, SourcePort, TlsVersion, Transport,
+    parse_duration, parse_keepalive, parse_metrics_addr, parse_redirect, parse_tls_version, CheckMode,
+    ConfigError, Endpoint, Keepalive, OnOff, SourcePort, TlsVersion, Transport,
 };
 
 /// A TLS tunnel for NFS: stunnel's replacement on the storage servers (`server`) and the NFS clients
@@ -38,6 +38,21 @@ pub enum Command {
     ConvertStunnel(ConvertArgs),
     /// Write the man pages and shell completions into a directory.
     Manual(ManualArgs),
+    /// Ask a running proxy to reload (SIGHUP) and wait for the outcome: exits non-zero when the
+    /// reload failed (for ExecReload and rc.d's reload).
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReloadArgs {
+    /// The pid file the proxy was started with (`--pid-file`).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: PathBuf,
+    /// How long to wait for the outcome.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -138,6 +153,10 @@ pub struct CommonArgs {
     /// Serve /metrics, /healthz and /tunnels over plain HTTP here (ADDR, or PORT for 127.0.0.1:PORT).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
+    /// Write the process id here at start (removed at exit), and each reload's outcome to FILE.reload,
+    /// which `nfs-tls-proxy reload --pid-file FILE` waits for.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
     /// Start even if the private key file is readable by group or others.
     #[arg(long)]
     pub insecure_key_permissions: bool,
@@ -194,6 +213,25 @@ pub struct ClientArgs {
     /// AUTH_TLS probe, then TLS 1.3; e.g. FreeBSD's nfsd with rpc.tlsservd).
     #[arg(long, value_name = "tls|rpc-tls")]
     pub upstream_protocol: Option<Transport>,
+    /// Source port towards the servers: `any`, or `reserved` (below 1024, for Linux NFS exports
+    /// with the default `secure` option when talking rpc-tls straight to nfsd; needs root or
+    /// CAP_NET_BIND_SERVICE).
+    #[arg(long, value_name = "any|reserved")]
+    pub upstream_source_port: Option<SourcePort>,
+    /// While every server is unreachable, hold an accepted connection and retry the servers (with
+    /// backoff up to 1 s) for this long before closing it, so a hard mount waits instead of
+    /// reconnecting in a tight loop (default 10s; 0: close at once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub upstream_retry_for: Option<Duration>,
+    /// Linux: send local TCP connections to ADDR[:PORT] (port 2049 by default) to the first --listen
+    /// address of the same family, with an nftables DNAT rule in a table of the proxy's own that lives
+    /// as long as the client (repeatable; e.g. the storage VIP, then f0's and f1's own addresses).
+    /// Needs CAP_NET_ADMIN. Catches NFS clients that connect straight to the server's port 2049.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_redirect)]
+    pub redirect: Vec<SocketAddr>,
+    /// Test knob: how often the --redirect rules are checked and put back if missing.
+    #[arg(long, value_name = "DURATION", hide = true, value_parser = parse_duration)]
+    pub redirect_check_every: Option<Duration>,
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -105,6 +105,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{s:?} is out of range"))
 }
 
+/// `--redirect ADDR[:PORT]`: an IPv4 or IPv6 address (IPv6 with a port in brackets), port 2049 if
+/// none is given.
+fn parse_redirect(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = s.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')).unwrap_or(s);
+    bare.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, NFS_PORT)).map_err(|_| {
+        format!("{s:?} is not an address with an optional port (e.g. 192.168.1.138 or [2001:db8::1]:2049)")
+    })
+}
+
+/// Where NFS servers listen, and where a `--redirect` without a port points.
+pub const NFS_PORT: u16 = 2049;
+
 /// `on` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnOff {
@@ -169,6 +184,8 @@ pub struct Common {
     pub privileges: Option<Privileges>,
     /// Records under one key before we change keys (hidden test knob; default: the library's limits).
     pub key_update_every: Option<u64>,
+    /// `--pid-file`: the process id, and next to it each reload's outcome.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// A resolved server configuration.
@@ -192,8 +209,20 @@ pub struct Client {
     pub listen: Vec<SocketAddr>,
     pub servers: Vec<Upstream>,
     pub upstream_protocol: Transport,
+    pub upstream_source_port: SourcePort,
+    /// How long an accepted connection is held while every server is unreachable (zero: not held).
+    pub upstream_retry_for: Duration,
+    /// Addresses whose local TCP connections are sent to our listener (Linux, nftables).
+    pub redirect: Vec<SocketAddr>,
+    /// How often the redirect rules are checked and put back.
+    pub redirect_check_every: Duration,
     pub common: Common,
 }
+
+/// `--upstream-retry-for` when not given.
+pub const DEFAULT_UPSTREAM_RETRY_FOR: Duration = Duration::from_secs(10);
+/// How often the `--redirect` rules are checked when the (hidden) knob is not given.
+pub const DEFAULT_REDIRECT_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// One storage server the client may use, and the name its certificate must carry.
 #[derive(Debug, Clone)]
@@ -233,6 +262,7 @@ impl Common {
             reload_every: args.reload_every,
             metrics: args.metrics,
             key_update_every: args.key_update_every,
+            pid_file: args.pid_file.clone(),
             privileges: match &args.user {
                 None => None,
                 Some(user) => {
@@ -298,18 +328,149 @@ impl Client {
                 server_name: args.server_name.clone().unwrap_or_else(|| endpoint.host.clone()),
             })
             .collect();
+        let common = Common::resolve(&args.common)?;
+        let upstream_source_port = args.upstream_source_port.unwrap_or_default();
+        if common.privileges.is_some() {
+            if upstream_source_port == SourcePort::Reserved {
+                return Err(ConfigError::Args(
+                    "--upstream-source-port reserved needs root or CAP_NET_BIND_SERVICE for every upstream \
+                     connection; it cannot be combined with --user (under systemd: User= with \
+                     AmbientCapabilities=CAP_NET_BIND_SERVICE)"
+                        .into(),
+                ));
+            }
+            if !args.redirect.is_empty() {
+                return Err(ConfigError::Args(
+                    "--redirect needs CAP_NET_ADMIN for as long as the client runs (to re-check the rule and \
+                     remove it at exit); it cannot be combined with --user (under systemd: User= with \
+                     AmbientCapabilities=CAP_NET_ADMIN)"
+                        .into(),
+                ));
+            }
+        }
+        check_redirects(&args.redirect, &listen, &args.server)?;
         Ok(Self {
             listen,
             servers,
             upstream_protocol: args.upstream_protocol.unwrap_or_default(),
-            common: Common::resolve(&args.common)?,
+            upstream_source_port,
+            upstream_retry_for: args.upstream_retry_for.unwrap_or(DEFAULT_UPSTREAM_RETRY_FOR),
+            redirect: args.redirect.clone(),
+            redirect_check_every: args.redirect_check_every.unwrap_or(DEFAULT_REDIRECT_CHECK_EVERY),
+            common,
         })
     }
+}
+
+/// The settings a reload cannot apply (only the TLS material and the allow-list are reloaded):
+/// the long flag names whose value differs between `old` and `new`.
+fn restart_keys(pairs: &[(&'static str, String, String)]) -> Vec<&'static str> {
+    pairs.iter().filter(|(_, a, b)| a != b).map(|(k, _, _)| *k).collect()
+}
+
+fn common_pairs(a: &Common, b: &Common) -> Vec<(&'static str, String, String)> {
+    let d = |x: &dyn std::fmt::Debug| format!("{x:?}");
+    vec![
+        ("min-tls", d(&a.min_tls), d(&b.min_tls)),
+        ("handshake-timeout", d(&a.handshake_timeout), d(&b.handshake_timeout)),
+        ("connect-timeout", d(&a.connect_timeout), d(&b.connect_timeout)),
+        ("max-connections", d(&a.max_connections), d(&b.max_connections)),
+        ("keepalive", d(&a.keepalive), d(&b.keepalive)),
+        ("drain-timeout", d(&a.drain_timeout), d(&b.drain_timeout)),
+        ("reload-every", d(&a.reload_every), d(&b.reload_every)),
+        ("metrics", d(&a.metrics), d(&b.metrics)),
+        ("user", d(&a.privileges), d(&b.privileges)),
+        ("pid-file", d(&a.pid_file), d(&b.pid_file)),
+    ]
+}
+
+impl Server {
+    /// The changed settings in `new` that only a restart applies.
+    pub fn restart_needed(&self, new: &Server) -> Vec<&'static str> {
+        let d = |x: &dyn std::fmt::Debug| format!("{x:?}");
+        let mut pairs = vec![
+            ("listen", d(&self.listen), d(&new.listen)),
+            ("backend", d(&self.backend), d(&new.backend)),
+            ("backend-source-port", d(&self.backend_source_port), d(&new.backend_source_port)),
+            ("rpc-tls", d(&self.rpc_tls), d(&new.rpc_tls)),
+        ];
+        pairs.extend(common_pairs(&self.common, &new.common));
+        restart_keys(&pairs)
+    }
+}
+
+impl Client {
+    /// The changed settings in `new` that only a restart applies.
+    pub fn restart_needed(&self, new: &Client) -> Vec<&'static str> {
+        let d = |x: &dyn std::fmt::Debug| format!("{x:?}");
+        let mut pairs = vec![
+            ("listen", d(&self.listen), d(&new.listen)),
+            ("server", d(&self.servers), d(&new.servers)),
+            ("upstream-protocol", d(&self.upstream_protocol), d(&new.upstream_protocol)),
+        ];
+        pairs.extend(common_pairs(&self.common, &new.common));
+        restart_keys(&pairs)
+    }
+}
+
+/// `--redirect` is Linux's (nftables); each one needs a `--listen` address of its family to point at,
+/// and must not catch the client's own connections to a `--server`.
+fn check_redirects(
+    redirect: &[SocketAddr],
+    listen: &[SocketAddr],
+    servers: &[Endpoint],
+) -> Result<(), ConfigError> {
+    let Some(first) = redirect.first() else { return Ok(()) };
+    if !cfg!(target_os = "linux") {
+        let to = listen.first().copied().unwrap_or(*first);
+        return Err(ConfigError::Args(format!(
+            "--redirect needs Linux (nftables); on FreeBSD let pf do it (untested here): in pf.conf \
+             `rdr pass on lo0 inet proto tcp from any to {ip} port {port} -> {lip} port {lport}` and \
+             `pass out on egress route-to lo0 inet proto tcp from any to {ip} port {port}`",
+            ip = first.ip(),
+            port = first.port(),
+            lip = to.ip(),
+            lport = to.port(),
+        )));
+    }
+    for r in redirect {
+        if !listen.iter().any(|l| l.is_ipv4() == r.is_ipv4()) {
+            return Err(ConfigError::Args(format!(
+                "--redirect {r}: no --listen address of the same IP version to send it to (add e.g. --listen {})",
+                if r.is_ipv4() { "127.0.0.1:2323" } else { "[::1]:2323" }
+            )));
+        }
+        if listen.contains(r) {
+            return Err(ConfigError::Args(format!("--redirect {r} is a --listen address: it would loop")));
+        }
+        if let Some(s) = servers.iter().find(|s| s.host.parse().ok() == Some(r.ip()) && s.port == r.port()) {
+            return Err(ConfigError::Args(format!(
+                "--redirect {r} would also catch the client's own connections to --server {s}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_take_v4_and_v6_addresses_with_port_2049_by_default() {
+        for (text, want) in [
+            ("192.0.2.138", "192.0.2.138:2049"),
+            ("192.0.2.138:2323", "192.0.2.138:2323"),
+            ("2001:db8::1", "[2001:db8::1]:2049"),
+            ("[2001:db8::1]", "[2001:db8::1]:2049"),
+            ("[2001:db8::1]:20490", "[2001:db8::1]:20490"),
+        ] {
+            assert_eq!(parse_redirect(text), Ok(want.parse().expect("addr")), "{text}");
+        }
+        for bad in ["", "f3s-storage-ha", "192.0.2.138:", "192.0.2.138:99999", "[2001:db8::1]:"] {
+            assert!(parse_redirect(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_take_plain_seconds_and_units() {

@@ -9,8 +9,18 @@ use time::OffsetDateTime;
 
 use crate::config::TlsFiles;
 
-/// How long before a deadline the warnings start.
-pub(crate) const WARN_WITHIN: time::Duration = time::Duration::days(30);
+/// How long before a certificate's deadline the warnings start (the CRL's: see
+/// [`crate::tls::validate::CRL_WARN_WITHIN`]; its nextUpdate is meant to be renewed often).
+pub(crate) const WARN_WITHIN: time::Duration = crate::tls::validate::CERT_WARN_WITHIN;
+
+impl Material {
+    fn warn_within(self) -> time::Duration {
+        match self {
+            Material::CrlNextUpdate => crate::tls::validate::CRL_WARN_WITHIN,
+            _ => WARN_WITHIN,
+        }
+    }
+}
 
 /// How often the deadlines are checked again while running.
 pub(crate) const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -89,7 +99,7 @@ pub(crate) fn warn_near(deadlines: &[Deadline], now: OffsetDateTime) -> usize {
     let mut warned = 0;
     for d in deadlines {
         let left = d.at - now;
-        if left > WARN_WITHIN {
+        if left > d.material.warn_within() {
             continue;
         }
         warned += 1;
@@ -103,7 +113,7 @@ pub(crate) fn warn_near(deadlines: &[Deadline], now: OffsetDateTime) -> usize {
                 %file,
                 expires = %at,
                 days_left = left.whole_days(),
-                "certificate material expires within 30 days"
+                "certificate material expires soon"
             );
         }
     }

@@ -1,4 +1,5 @@
-//! Starting a proxy: load its TLS material, bind its listeners, start the ops endpoint.
+//! Starting a proxy: load its TLS material, bind its listeners, start the ops endpoint; for a client
+//! with `--redirect`, install its nftables rules and keep them in place until it stops.
 
 use std::net::SocketAddr;
 
@@ -7,6 +8,7 @@ use tokio::sync::watch;
 use super::{listen, Running};
 use crate::config;
 use crate::ops;
+use crate::redirect;
 use crate::tls;
 use crate::tunnel::client::ClientMode;
 use crate::tunnel::server::ServerMode;
@@ -21,12 +23,22 @@ pub enum StartError {
     Listen(#[from] super::ListenError),
     #[error(transparent)]
     Ops(#[from] ops::OpsError),
+    #[error(transparent)]
+    Redirect(#[from] redirect::RedirectError),
 }
 
 /// Loads the server's TLS material, binds its listeners and starts serving.
 pub async fn start_server(cfg: &config::Server) -> Result<Running<ServerMode>, StartError> {
     let c = &cfg.common;
-    let tls = tls::server_config(&c.tls, cfg.crl.as_deref(), cfg.enforce_crl_expiry, &cfg.allow, c.min_tls)?;
+    let reader = tls::Reader::after_drop(c.privileges.as_ref());
+    let tls = tls::server_config(
+        &c.tls,
+        cfg.crl.as_deref(),
+        cfg.enforce_crl_expiry,
+        &cfg.allow,
+        c.min_tls,
+        reader,
+    )?;
     let mode = ServerMode {
         tls: watch::Sender::new(tls),
         backend: cfg.backend.clone(),
@@ -48,7 +60,12 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<ServerMode>, S
 /// Loads the client's TLS material, binds its listeners and starts serving.
 pub async fn start_client(cfg: &config::Client) -> Result<Running<ClientMode>, StartError> {
     let c = &cfg.common;
-    let tls = tls::client_config(&c.tls, c.min_tls, cfg.upstream_protocol)?;
+    let tls = tls::client_config(
+        &c.tls,
+        c.min_tls,
+        cfg.upstream_protocol,
+        tls::Reader::after_drop(c.privileges.as_ref()),
+    )?;
     let mode = ClientMode {
         tls: watch::Sender::new(tls),
         servers: cfg.servers.clone(),
@@ -57,11 +74,106 @@ pub async fn start_client(cfg: &config::Client) -> Result<Running<ClientMode>, S
         connect_timeout: c.connect_timeout,
         keepalive: c.keepalive,
         key_update_every: c.key_update_every,
+        source_port: cfg.upstream_source_port,
+        retry_for: cfg.upstream_retry_for,
+        redirects: cfg.redirect.clone(),
+        failures: Default::default(),
     };
     let running = super::start(mode, &cfg.listen, listen::Follow::No, c.max_connections, c.keepalive).await?;
     ops::expiry::publish(&running.ctx.metrics, &c.tls, None);
     start_ops(&running, c.metrics).await?;
+    // After binding: the rules point at the bound address (a --listen port 0 is known only now).
+    if let Some(table) = redirect::Table::new(&cfg.redirect, &running.local_addrs) {
+        if let Err(e) = install_redirect(&table, &running) {
+            running.stop_token().cancel();
+            return Err(e.into());
+        }
+        tokio::spawn(keep_redirect(
+            table,
+            running.ctx.clone(),
+            cfg.redirect_check_every,
+            running.stop_token(),
+        ));
+    }
     Ok(running)
+}
+
+/// Installs the client's redirect table (replacing a stale one) and logs each rule.
+fn install_redirect(
+    table: &redirect::Table,
+    running: &Running<ClientMode>,
+) -> Result<(), redirect::RedirectError> {
+    table.install()?;
+    for rule in &table.rules {
+        running.ctx.metrics.set_redirect_in_place(&rule.from.to_string(), true);
+        tracing::info!(redirect = %rule.from, to = %rule.to, table = %format!("inet {}", table.name), "redirect in place");
+    }
+    Ok(())
+}
+
+/// Removes the redirect table when dropped: when the client stops, and also when the runtime ends
+/// with this task still running.
+struct RemoveOnDrop(redirect::Table);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        match self.0.remove() {
+            Ok(()) => tracing::info!(table = %format!("inet {}", self.0.name), "redirect removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove the redirect"),
+        }
+    }
+}
+
+/// Checks the redirect rules every `every` and puts them back when something (a firewall reload,
+/// `nft flush ruleset`) removed them; removes them when the client stops accepting.
+async fn keep_redirect(
+    table: redirect::Table,
+    ctx: std::sync::Arc<crate::tunnel::Ctx<ClientMode>>,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let guard = RemoveOnDrop(table);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let table = guard.0.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let missing = table.missing()?;
+            if !missing.is_empty() {
+                table.install()?;
+            }
+            Ok::<_, redirect::RedirectError>(missing)
+        })
+        .await;
+        match checked {
+            Ok(Ok(missing)) if missing.is_empty() => {}
+            Ok(Ok(missing)) => {
+                ctx.metrics.redirect_restored();
+                for rule in &missing {
+                    tracing::warn!(redirect = %rule.from, to = %rule.to, "redirect rule was missing (firewall reload?); put it back");
+                }
+            }
+            Ok(Err(e)) => {
+                for rule in &guard.0.rules {
+                    ctx.metrics.set_redirect_in_place(&rule.from.to_string(), false);
+                }
+                tracing::warn!(error = %e, "cannot check or restore the redirect");
+                continue;
+            }
+            Err(e) => tracing::warn!(error = %e, "redirect check did not finish"),
+        }
+        for rule in &guard.0.rules {
+            ctx.metrics.set_redirect_in_place(&rule.from.to_string(), true);
+        }
+    }
+    for rule in &guard.0.rules {
+        ctx.metrics.set_redirect_in_place(&rule.from.to_string(), false);
+    }
+    drop(guard);
 }
 
 async fn start_ops<M: Mode>(running: &Running<M>, addr: Option<SocketAddr>) -> Result<(), StartError> {

@@ -14,17 +14,25 @@ use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::identity::Presented;
 use super::link::{Conn, KeyPolicy, Link};
 
 /// Why a handshake did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("{0}")]
-    Tls(rustls::Error),
+    /// rustls refused; `presented`: the client certificate it refused, when one was presented.
+    #[error("{error}")]
+    Tls { error: rustls::Error, presented: Option<Presented> },
     #[error("{0}")]
     Io(io::Error),
     #[error("peer closed the connection during the handshake")]
     Closed,
+}
+
+impl HandshakeError {
+    fn tls(error: rustls::Error) -> Self {
+        Self::Tls { error, presented: None }
+    }
 }
 
 /// Accepts a TLS connection (the first byte is already known to be a ClientHello). `config` must
@@ -34,7 +42,7 @@ pub(crate) async fn accept(
     tcp: TcpStream,
     keys: KeyPolicy,
 ) -> Result<Link, HandshakeError> {
-    let conn = UnbufferedServerConnection::new(config).map_err(HandshakeError::Tls)?;
+    let conn = UnbufferedServerConnection::new(config).map_err(HandshakeError::tls)?;
     drive(conn, tcp, keys).await
 }
 
@@ -45,7 +53,7 @@ pub(crate) async fn connect(
     tcp: TcpStream,
     keys: KeyPolicy,
 ) -> Result<Link, HandshakeError> {
-    let conn = UnbufferedClientConnection::new(config, name).map_err(HandshakeError::Tls)?;
+    let conn = UnbufferedClientConnection::new(config, name).map_err(HandshakeError::tls)?;
     drive(conn, tcp, keys).await
 }
 
@@ -98,8 +106,13 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
     let mut outgoing: Vec<u8> = Vec::new();
     let mut early = Vec::new();
     let mut failed = None;
+    let mut presented = None;
+    super::identity::take_presented(); // nothing stale from another connection on this thread
     let peer_closed = loop {
         let UnbufferedStatus { mut discard, state } = conn.process(&mut incoming[..used]);
+        if let Some(p) = super::identity::take_presented() {
+            presented = Some(p);
+        }
         let step = match state {
             Err(e) => Step::Fail(e),
             Ok(ConnectionState::EncodeTlsData(mut data)) => match encode(&mut outgoing, |b| data.encode(b)) {
@@ -141,7 +154,7 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
             outgoing.clear();
             if let Err(e) = sent {
                 return Err(match step {
-                    Step::Fail(e) => HandshakeError::Tls(e),
+                    Step::Fail(error) => HandshakeError::Tls { error, presented: presented.take() },
                     _ => HandshakeError::Io(e),
                 });
             }
@@ -157,7 +170,7 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
             Step::Fail(e) => {
                 send_alert(&mut conn, &mut incoming[..used], &mut tcp).await;
                 if conn.is_handshaking() {
-                    return Err(HandshakeError::Tls(e));
+                    return Err(HandshakeError::Tls { error: e, presented });
                 }
                 // The handshake completed and a record read with it failed: that belongs to the
                 // data phase (the tunnel opens, what came before the bad record is delivered).
@@ -167,7 +180,7 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
             Step::Read => {
                 if used == incoming.len() {
                     if incoming.len() >= MAX_HANDSHAKE_BUFFER {
-                        return Err(HandshakeError::Tls(rustls::Error::General(
+                        return Err(HandshakeError::tls(rustls::Error::General(
                             "handshake message too large".into(),
                         )));
                     }

@@ -11,6 +11,35 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+/// The certificate a client presented, as far as it could be read: for refusal lines ("who").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presented {
+    /// CN (or first DNS SAN); `-` if the certificate does not parse.
+    pub name: String,
+    /// Serial number, upper-case hex as `openssl x509 -serial` prints it.
+    pub serial: String,
+}
+
+thread_local! {
+    /// Set by the verifier while rustls processes a Certificate message, taken by the handshake loop
+    /// right after that call returns (same thread, no await in between): the verifier is shared by
+    /// every connection, so this is how one handshake learns who it refused.
+    static PRESENTED: std::cell::RefCell<Option<Presented>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The certificate the last verification on this thread saw, if any (and forgets it).
+pub(crate) fn take_presented() -> Option<Presented> {
+    PRESENTED.with(|p| p.borrow_mut().take())
+}
+
+fn remember_presented(end_entity: &CertificateDer<'_>) {
+    let presented = match CertInfo::parse(end_entity) {
+        Ok(info) => Presented { name: info.display_name().to_owned(), serial: info.serial.clone() },
+        Err(_) => Presented { name: "-".into(), serial: "-".into() },
+    };
+    PRESENTED.with(|p| *p.borrow_mut() = Some(presented));
+}
+
 /// The name a peer is logged under: its certificate's CN (or first DNS SAN).
 pub(crate) fn peer_name(certs: Option<&[CertificateDer<'_>]>) -> String {
     certs
@@ -46,6 +75,7 @@ impl ClientCertVerifier for AllowListVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        remember_presented(end_entity);
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         if self.allow.is_empty() {
             return Ok(verified);

@@ -10,6 +10,7 @@ pub(crate) mod buffer;
 pub(crate) mod handshake;
 pub(crate) mod identity;
 pub(crate) mod link;
+pub(crate) mod validate;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion
 use crate::config::AllowList;
 use crate::config::{TlsFiles, TlsVersion, Transport};
 use identity::AllowListVerifier;
+pub(crate) use validate::{Reader, Role};
 
 /// Certificate material that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,25 @@ pub enum TlsError {
     BadCrl { path: PathBuf, detail: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// What [`validate`] found wrong: each problem one line naming its file.
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+/// Runs the one validation ([`validate::validate`]) and refuses the material on any problem. Its
+/// warnings are all about dates, which the expiry watch logs and publishes.
+fn validated(
+    files: &TlsFiles,
+    crl: Option<validate::Crl<'_>>,
+    role: Role,
+    reader: Reader,
+) -> Result<(), TlsError> {
+    let found = validate::validate(files, crl, role, reader, time::OffsetDateTime::now_utc());
+    if found.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(TlsError::Invalid(found.problems))
+    }
 }
 
 /// The crypto provider, always passed explicitly: ring (aws-lc-rs does not build for FreeBSD here,
@@ -73,22 +94,8 @@ fn load_identity(
     if files.key.is_none() && !pem::has_private_key(&files.cert)? {
         return Err(TlsError::NoKey { path: files.cert.clone() });
     }
-    if !files.insecure_key_permissions {
-        check_key_permissions(&key_path)?;
-    }
     let key = pem::load_private_key(&key_path)?;
     Ok((chain, key, key_path))
-}
-
-/// Refuses a key file that group or others may read, as ssh does.
-fn check_key_permissions(path: &Path) -> Result<(), TlsError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(TlsError::KeyPermissions { path: path.to_owned(), mode });
-    }
-    Ok(())
 }
 
 fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
@@ -117,7 +124,14 @@ pub(crate) fn server_config(
     enforce_crl_expiry: bool,
     allow: &AllowList,
     min: TlsVersion,
+    reader: Reader,
 ) -> Result<ServerTls, TlsError> {
+    validated(
+        files,
+        crl.map(|path| validate::Crl { path, enforce_expiry: enforce_crl_expiry }),
+        Role::Server,
+        reader,
+    )?;
     let provider = provider();
     let (chain, key, key_path) = load_identity(files)?;
     let roots = load_roots(&files.ca)?;
@@ -170,7 +184,9 @@ pub(crate) fn client_config(
     files: &TlsFiles,
     min: TlsVersion,
     protocol: Transport,
+    reader: Reader,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    validated(files, None, Role::Client, reader)?;
     let (chain, key, key_path) = load_identity(files)?;
     let roots = load_roots(&files.ca)?;
     let versions = match protocol {

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use rustls::CertificateError;
 
+use crate::tls::identity::Presented;
+
 /// A refusal, with a short reason word for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefuseReason {
@@ -48,6 +50,11 @@ pub enum RefuseReason {
     Unreachable(String),
     /// `--max-connections` tunnels are open.
     TooManyConnections,
+    /// A refusal of the certificate a client presented: `reason`, and whose certificate it was.
+    Presented {
+        reason: Box<RefuseReason>,
+        who: Presented,
+    },
 }
 
 impl RefuseReason {
@@ -75,6 +82,32 @@ impl RefuseReason {
             Self::Tls(_) => "tls-error",
             Self::Unreachable(_) => "unreachable",
             Self::TooManyConnections => "max-connections",
+            Self::Presented { reason, .. } => reason.word(),
+        }
+    }
+
+    /// The presented certificate, if the refusal is about one.
+    pub fn presented(&self) -> Option<&Presented> {
+        match self {
+            Self::Presented { who, .. } => Some(who),
+            _ => None,
+        }
+    }
+
+    /// Whether the refused certificate was signed by our CA (so its name is a bounded metric label).
+    fn signed_by_our_ca(&self) -> bool {
+        match self {
+            Self::Presented { reason, .. } => matches!(
+                **reason,
+                Self::Expired
+                    | Self::NotYetValid
+                    | Self::Revoked
+                    | Self::RevocationUnknown
+                    | Self::CrlExpired
+                    | Self::WrongPurpose
+                    | Self::NameNotAllowed
+            ),
+            _ => false,
         }
     }
 
@@ -95,7 +128,10 @@ impl RefuseReason {
     pub fn from_handshake(error: crate::tls::handshake::HandshakeError) -> Self {
         use crate::tls::handshake::HandshakeError as H;
         match error {
-            H::Tls(e) => Self::from_tls(&e),
+            H::Tls { error, presented: Some(who) } => {
+                Self::Presented { reason: Box::new(Self::from_tls(&error)), who }
+            }
+            H::Tls { error, presented: None } => Self::from_tls(&error),
             H::Io(e) => Self::from_io(&e),
             H::Closed => Self::ClosedEarly,
         }
@@ -135,6 +171,7 @@ impl RefuseReason {
 
     fn detail(&self) -> Option<&str> {
         match self {
+            Self::Presented { reason, .. } => reason.detail(),
             Self::PeerRejected(d)
             | Self::TlsIncompatible(d)
             | Self::Tls(d)
@@ -156,11 +193,77 @@ impl fmt::Display for RefuseReason {
     }
 }
 
-/// Logs and counts a refused connection: the only place that does.
+/// Logs and counts a refused connection: the only place that does. Who was refused is on the line
+/// (the presented certificate's name and serial); the same refusal of the same certificate within
+/// [`REPEAT_WINDOW`] is counted and summarised on its next line (`repeated=N`) instead of logged each
+/// time.
 pub(crate) fn refuse(metrics: &crate::metrics::Metrics, peer: SocketAddr, reason: &RefuseReason) {
-    metrics.refused(reason.word());
-    match reason.detail() {
-        Some(detail) => tracing::warn!(%peer, reason = reason.word(), detail, "connection refused"),
-        None => tracing::warn!(%peer, reason = reason.word(), "connection refused"),
+    let who = reason.presented();
+    let identity = if reason.signed_by_our_ca() { who.map_or("-", |w| w.name.as_str()) } else { "-" };
+    metrics.refused(reason.word(), identity);
+    // Summarised per certificate (a revoked laptop retrying every second); other refusals are
+    // per address and bounded by the pre-authentication budget instead.
+    let more = match who {
+        Some(w) => match repeats().admit((reason.word(), w.serial.clone())) {
+            Some(more) => more,
+            None => return,
+        },
+        None => 0,
+    };
+    // None fields are left out of the line.
+    let detail = reason.detail();
+    let repeated = (more > 0).then_some(more);
+    match who {
+        Some(w) => tracing::warn!(
+            %peer,
+            reason = reason.word(),
+            identity = %w.name,
+            serial = %w.serial,
+            detail,
+            repeated,
+            "connection refused"
+        ),
+        None => tracing::warn!(%peer, reason = reason.word(), detail, repeated, "connection refused"),
+    }
+}
+
+/// How long identical refusals are summarised rather than each logged.
+pub(crate) const REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Identical refusals seen within the window: (reason, who) -> (window start, suppressed count).
+/// (reason, certificate serial) -> (window start, refusals suppressed since).
+type RepeatMap = std::collections::HashMap<(&'static str, String), (std::time::Instant, u64)>;
+
+#[derive(Default)]
+struct Repeats(std::sync::Mutex<RepeatMap>);
+
+fn repeats() -> &'static Repeats {
+    static R: std::sync::OnceLock<Repeats> = std::sync::OnceLock::new();
+    R.get_or_init(Repeats::default)
+}
+
+impl Repeats {
+    /// Whether to log this refusal now; if so, how many identical ones were suppressed before it.
+    fn admit(&self, key: (&'static str, String)) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, (start, _)| now.duration_since(*start) < REPEAT_WINDOW);
+        }
+        match map.get_mut(&key) {
+            Some((start, suppressed)) if now.duration_since(*start) < REPEAT_WINDOW => {
+                *suppressed += 1;
+                None
+            }
+            Some((start, suppressed)) => {
+                let more = std::mem::take(suppressed);
+                *start = now;
+                Some(more)
+            }
+            None => {
+                map.insert(key, (now, 0));
+                Some(0)
+            }
+        }
     }
 }

@@ -1,0 +1,119 @@
+//! `nfs-tls-proxy reload --pid-file FILE`: signals the running proxy (SIGHUP) and waits for the outcome
+//! it records next to its pid file (`FILE.reload`), so that `systemctl reload` and `service reload`
+//! fail loudly when the new material was refused. The proxy side of it is [`StatusFile`].
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The pid file and the reload outcome file of a running proxy (`--pid-file`).
+#[derive(Debug)]
+pub(crate) struct StatusFile {
+    pid_file: PathBuf,
+    status: PathBuf,
+    /// Reloads recorded so far.
+    generation: u64,
+}
+
+/// Why `reload` could not tell the outcome, or the reload failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    #[error("{path}: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error("cannot signal process {pid} (from {path}): {detail}")]
+    Signal { pid: i32, path: PathBuf, detail: String },
+    #[error("process {pid} recorded no reload outcome in {path} within {waited:?}")]
+    NoAnswer { pid: i32, path: PathBuf, waited: Duration },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn status_path(pid_file: &Path) -> PathBuf {
+    let mut s = pid_file.as_os_str().to_owned();
+    s.push(".reload");
+    PathBuf::from(s)
+}
+
+impl StatusFile {
+    /// Writes our pid to `pid_file` and an empty outcome next to it, both handed to `owner` (the user
+    /// the proxy will run as), so that reloads after the privilege drop can still record.
+    pub(crate) fn create(pid_file: &Path, owner: Option<(u32, u32)>) -> Result<Self, ReloadError> {
+        let err = |path: &Path, e: std::io::Error| ReloadError::File {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        };
+        let status = status_path(pid_file);
+        std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|e| err(pid_file, e))?;
+        std::fs::write(&status, "0 started\n").map_err(|e| err(&status, e))?;
+        if let Some((uid, gid)) = owner {
+            for path in [pid_file, status.as_path()] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| err(path, e))?;
+            }
+        }
+        Ok(Self { pid_file: pid_file.to_owned(), status, generation: 0 })
+    }
+
+    /// Records one reload's outcome: `GENERATION ok|failed MESSAGE` on one line.
+    pub(crate) fn record(&mut self, outcome: &Result<String, String>) -> std::io::Result<()> {
+        self.generation += 1;
+        let line = match outcome {
+            Ok(m) => format!("{} ok {}\n", self.generation, one_line(m)),
+            Err(m) => format!("{} failed {}\n", self.generation, one_line(m)),
+        };
+        // Written in place (not renamed): the directory may not be writable after the privilege drop.
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&self.status)?;
+        f.write_all(line.as_bytes())
+    }
+
+    /// Removes both files at exit.
+    pub(crate) fn remove(self) {
+        let _ = std::fs::remove_file(&self.status);
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The generation and the rest of the outcome line, if the file holds a whole one.
+fn read_status(path: &Path) -> Result<Option<(u64, String)>, ReloadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReloadError::File {
+        path: path.to_owned(),
+        detail: format!("{e} (was the proxy started with --pid-file?)"),
+    })?;
+    let Some(line) = text.strip_suffix('\n') else { return Ok(None) };
+    let (generation, rest) = line.split_once(' ').unwrap_or((line, ""));
+    Ok(generation.parse().ok().map(|g| (g, rest.to_owned())))
+}
+
+/// Signals the proxy whose pid is in `pid_file` and waits up to `timeout` for its outcome: the
+/// success message, or the failure as an error.
+pub(crate) async fn run(pid_file: &Path, timeout: Duration) -> Result<String, ReloadError> {
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| ReloadError::File { path: pid_file.to_owned(), detail: e.to_string() })?;
+    let pid: i32 = text.trim().parse().map_err(|_| ReloadError::File {
+        path: pid_file.to_owned(),
+        detail: format!("{:?} is not a process id", text.trim()),
+    })?;
+    let status = status_path(pid_file);
+    let before = read_status(&status)?.map(|(g, _)| g).unwrap_or(0);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP)
+        .map_err(|e| ReloadError::Signal { pid, path: pid_file.to_owned(), detail: e.desc().to_owned() })?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some((generation, rest)) = read_status(&status)? {
+            if generation > before {
+                return match rest.split_once(' ') {
+                    Some(("ok", message)) => Ok(message.to_owned()),
+                    Some((_, message)) => Err(ReloadError::Failed(message.to_owned())),
+                    None => Err(ReloadError::Failed(rest)),
+                };
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ReloadError::NoAnswer { pid, path: status, waited: timeout });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
