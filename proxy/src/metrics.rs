@@ -9,6 +9,7 @@
 //! | `nfs_tls_proxy_refusals_total` | counter | reason |
 //! | `nfs_tls_proxy_handshake_duration_seconds` | histogram | transport |
 //! | `nfs_tls_proxy_listen_address_owned` | gauge | listen |
+//! | `nfs_tls_proxy_listen_state` | gauge | listen, state (`serving`, `standby`, `failing`: owned, not bound) |
 //! | `nfs_tls_proxy_expiry_timestamp_seconds` | gauge | what (certificate, ca, crl-next-update), file |
 //! | `nfs_tls_proxy_build_info` | gauge | version, mode |
 //! | `nfs_tls_proxy_redirected_tunnels_total` | counter | original_dst (a `--redirect` address, or `other`) |
@@ -49,6 +50,12 @@ struct ReasonLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransportLabels {
     transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenStateLabels {
+    listen: String,
+    state: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +100,7 @@ pub struct Metrics {
     refusals: Family<ReasonLabels, Counter>,
     handshake: Family<TransportLabels, Histogram, fn() -> Histogram>,
     owned: Family<ListenLabels, Gauge>,
+    listen_state: Family<ListenStateLabels, Gauge>,
     expiry: Family<ExpiryLabels, Gauge>,
     redirected: Family<DstLabels, Counter>,
     redirect_in_place: Family<RedirectLabels, Gauge>,
@@ -117,6 +125,7 @@ impl Metrics {
             handshake_histogram as fn() -> Histogram,
         );
         let owned = Family::<ListenLabels, Gauge>::default();
+        let listen_state = Family::<ListenStateLabels, Gauge>::default();
         let expiry = Family::<ExpiryLabels, Gauge>::default();
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), mode }).set(1);
@@ -137,6 +146,11 @@ impl Metrics {
             "listen_address_owned",
             "1 while this host owns the listen address (server: the VIP) and listens on it",
             owned.clone(),
+        );
+        registry.register(
+            "listen_state",
+            "1 for the state each listen address is in: serving, standby (this host does not own it) or failing (owned but cannot be bound)",
+            listen_state.clone(),
         );
         registry.register(
             "expiry_timestamp_seconds",
@@ -185,6 +199,7 @@ impl Metrics {
             refusals,
             handshake,
             owned,
+            listen_state,
             expiry,
             reloads,
             last_reload,
@@ -256,8 +271,15 @@ impl Metrics {
         }
     }
 
-    pub fn set_owned(&self, listen: std::net::SocketAddr, owned: bool) {
-        self.owned.get_or_create(&ListenLabels { listen: listen.to_string() }).set(i64::from(owned));
+    /// A listen address is now `state` (`serving`, `standby` or `failing`).
+    pub fn set_listen_state(&self, listen: std::net::SocketAddr, state: &'static str) {
+        let listen = listen.to_string();
+        let owned = state != "standby";
+        self.owned.get_or_create(&ListenLabels { listen: listen.clone() }).set(i64::from(owned));
+        for s in ["serving", "standby", "failing"] {
+            let on = i64::from(s == state);
+            self.listen_state.get_or_create(&ListenStateLabels { listen: listen.clone(), state: s }).set(on);
+        }
     }
 
     /// Replaces the expiry dates: (what, file, Unix time) for each piece of material.

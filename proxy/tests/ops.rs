@@ -105,7 +105,7 @@ fn metrics_and_tunnels_move_with_traffic_and_refusals() {
     drop(open);
     server.wait_line(&["tunnel closed", "identity=r0"]);
     let (_, m) = get(ops, "/metrics");
-    assert_eq!(sample(&m, "nfs_tls_proxy_refusals_total{reason=\"not-tls\"}"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "nfs_tls_proxy_refusals_total{reason=\"not-tls\",identity=\"-\"}"), Some(1.0), "{m}");
     assert_eq!(sample(&m, "nfs_tls_proxy_tunnels_open{identity=\"r0\",transport=\"tls\"}"), Some(0.0), "{m}");
     assert_eq!(
         sample(&m, "nfs_tls_proxy_bytes_total{identity=\"r0\",direction=\"up\"}"),
@@ -135,12 +135,12 @@ fn healthz_means_nfs_answers_not_just_that_the_port_is_open() {
     let in_front_of_echo = serve(echo.addr);
 
     let (code, body) = get(metrics_addr(&in_front_of_nfs), "/healthz");
-    assert_eq!((code, body.starts_with("ok: backend")), (200, true), "{body}");
+    assert_eq!((code, body.starts_with("serving: backend")), (200, true), "{body}");
     assert!(body.contains("answered an NFS NULL call"), "{body}");
     // An open port that is not NFS is not healthy.
     let (code, body) = get(metrics_addr(&in_front_of_echo), "/healthz");
     assert_eq!(code, 503, "{body}");
-    assert!(body.starts_with("unhealthy: backend") && body.contains("NFS NULL call failed"), "{body}");
+    assert!(body.starts_with("failing: backend") && body.contains("NFS NULL call failed"), "{body}");
     // Nor is a stopped NFS server.
     ganesha.kill();
     let (code, body) = get(metrics_addr(&in_front_of_nfs), "/healthz");
@@ -148,14 +148,23 @@ fn healthz_means_nfs_answers_not_just_that_the_port_is_open() {
 }
 
 #[test]
-fn a_clients_healthz_is_a_handshake_with_the_first_server_that_completes_one() {
+fn a_clients_healthz_is_an_nfs_null_call_through_the_first_server_that_lets_it_in() {
+    if !require("ganesha.nfsd") {
+        return;
+    }
     let dir = TestPki::new();
     let d = dir.root().display().to_string();
-    let server = Proc::proxy(&server_args(&d, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    std::fs::create_dir(dir.root().join("export")).expect("mkdir");
+    let (_ganesha, nfs) = ganesha(dir.root());
+    let crl = format!("{d}/crl.pem");
+    let mut args = server_args(&d, &["--crl", &crl]);
+    args[4] = nfs.to_string();
+    let server = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let dead = format!("127.0.0.1:{}", free_port());
-    let (cert, ca) = (p(dir.root(), "r0-stunnel.pem"), p(dir.root(), "ca-cert.pem"));
+    let ca = p(dir.root(), "ca-cert.pem");
     let up = server.listen_addr().to_string();
-    let client = |servers: &[&str]| {
+    let client = |who: &str, servers: &[&str]| {
+        let cert = p(dir.root(), &format!("{who}-stunnel.pem"));
         let mut v: Vec<String> =
             ["client", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"].map(String::from).to_vec();
         for s in servers {
@@ -164,13 +173,19 @@ fn a_clients_healthz_is_a_handshake_with_the_first_server_that_completes_one() {
         v.extend(["--server-name", "f3s-storage-ha", "--cert", &cert, "--ca", &ca].map(String::from));
         Proc::proxy(&v.iter().map(String::as_str).collect::<Vec<_>>())
     };
-    let good = client(&[&dead, &up]);
+    let good = client("r0", &[&dead, &up]);
     let (code, body) = get(metrics_addr(&good), "/healthz");
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("TLS handshake with") && body.contains("f3s-storage-ha"), "{body}");
+    assert!(body.contains("NFS NULL call answered") && body.contains("f3s-storage-ha"), "{body}");
 
-    let bad = client(&[&dead]);
+    let bad = client("r0", &[&dead]);
     let (code, body) = get(metrics_addr(&bad), "/healthz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("unreachable"), "{body}");
+
+    // r2 is revoked: its TLS 1.3 handshake completes, then the server refuses it. Not healthy.
+    let revoked = client("r2", &[&up]);
+    let (code, body) = get(metrics_addr(&revoked), "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("refused-by-server"), "{body}");
 }

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::tunnel::Ctx;
-use crate::tunnel::{Mode, HEALTH_TIMEOUT};
+use crate::tunnel::{ListenState, Mode, HEALTH_TIMEOUT};
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8192;
@@ -69,11 +69,12 @@ pub(crate) async fn start<M: Mode>(
 }
 
 async fn handle<M: Mode>(mut tcp: TcpStream, ctx: Arc<Ctx<M>>) {
-    let Ok(Some(path)) = tokio::time::timeout(READ_TIMEOUT, read_request(&mut tcp)).await.unwrap_or(Ok(None))
+    let Ok(Some(request)) =
+        tokio::time::timeout(READ_TIMEOUT, read_request(&mut tcp)).await.unwrap_or(Ok(None))
     else {
         return;
     };
-    let (status, content_type, body) = route(&path, &ctx).await;
+    let (status, content_type, body) = route(&request, &ctx).await;
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -83,8 +84,15 @@ async fn handle<M: Mode>(mut tcp: TcpStream, ctx: Arc<Ctx<M>>) {
     let _ = tcp.shutdown().await;
 }
 
+/// A GET request: its path, and whether it accepts OpenMetrics.
+#[derive(Debug)]
+struct Request {
+    path: String,
+    openmetrics: bool,
+}
+
 /// Reads the request head; returns the path of a GET (anything else: None).
-async fn read_request(tcp: &mut TcpStream) -> std::io::Result<Option<String>> {
+async fn read_request(tcp: &mut TcpStream) -> std::io::Result<Option<Request>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -96,38 +104,72 @@ async fn read_request(tcp: &mut TcpStream) -> std::io::Result<Option<String>> {
     }
     let text = String::from_utf8_lossy(&head);
     let mut first = text.lines().next().unwrap_or("").split_whitespace();
+    // OpenMetrics only for a scraper that asks for it (Prometheus does); Prometheus text otherwise.
+    let openmetrics = text.lines().skip(1).any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("accept:") && l.contains("application/openmetrics-text")
+    });
     match (first.next(), first.next()) {
-        (Some("GET"), Some(path)) => Ok(Some(path.split('?').next().unwrap_or(path).to_owned())),
+        (Some("GET"), Some(path)) => {
+            Ok(Some(Request { path: path.split('?').next().unwrap_or(path).to_owned(), openmetrics }))
+        }
         _ => Ok(None),
     }
 }
 
-async fn route<M: Mode>(path: &str, ctx: &Ctx<M>) -> (&'static str, &'static str, String) {
-    match path {
+async fn route<M: Mode>(request: &Request, ctx: &Ctx<M>) -> (&'static str, &'static str, String) {
+    match request.path.as_str() {
         "/metrics" => {
             for t in ctx.tunnels.snapshot() {
                 let (up, down) = t.unreported();
                 ctx.metrics.add_bytes(&t.identity, up, down);
             }
-            ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", ctx.metrics.encode())
-        }
-        "/healthz" => match tokio::time::timeout(HEALTH_TIMEOUT, ctx.mode.health()).await {
-            Ok(Ok(ok)) => ("200 OK", "text/plain; charset=utf-8", format!("ok: {ok}\n")),
-            Ok(Err(why)) => {
-                ("503 Service Unavailable", "text/plain; charset=utf-8", format!("unhealthy: {why}\n"))
+            let text = ctx.metrics.encode();
+            if request.openmetrics {
+                ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
+            } else {
+                // The same samples as Prometheus' text format 0.0.4: without the OpenMetrics end marker.
+                let text = text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
+                ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
             }
-            Err(_) => (
-                "503 Service Unavailable",
-                "text/plain; charset=utf-8",
-                format!("unhealthy: no answer within {HEALTH_TIMEOUT:?}\n"),
-            ),
-        },
+        }
+        "/healthz" => healthz(ctx).await,
         "/tunnels" => ("200 OK", "application/json", tunnels_json(ctx)),
         _ => (
             "404 Not Found",
             "text/plain; charset=utf-8",
             "not found: try /metrics, /healthz or /tunnels\n".into(),
         ),
+    }
+}
+
+/// `serving: ...` (200), `standby: ...` (200: this node does not hold the VIP; the far side is
+/// still checked, so a standby that could not take over is 503), or `failing: ...` (503: owns the
+/// VIP but cannot bind it, or the far side does not answer). The first word is the state.
+async fn healthz<M: Mode>(ctx: &Ctx<M>) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let states = ctx.listen_states();
+    if let Some((addr, ListenState::Failing(why))) =
+        states.iter().find(|(_, s)| matches!(s, ListenState::Failing(_)))
+    {
+        return (
+            "503 Service Unavailable",
+            TEXT,
+            format!("failing: owns {addr} but cannot bind it ({why})\n"),
+        );
+    }
+    let standby: Vec<String> =
+        states.iter().filter(|(_, s)| *s == ListenState::Standby).map(|(a, _)| a.to_string()).collect();
+    let far = match tokio::time::timeout(HEALTH_TIMEOUT, ctx.mode.health()).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+    };
+    match far {
+        Err(why) => ("503 Service Unavailable", TEXT, format!("failing: {why}\n")),
+        Ok(ok) if !standby.is_empty() && states.iter().all(|(_, s)| *s == ListenState::Standby) => {
+            ("200 OK", TEXT, format!("standby: this host does not own {}; {ok}\n", standby.join(", ")))
+        }
+        Ok(ok) => ("200 OK", TEXT, format!("serving: {ok}\n")),
     }
 }
 
@@ -146,6 +188,7 @@ fn tunnels_json<M: Mode>(ctx: &Ctx<M>) -> String {
                 "bytes_up": up,
                 "bytes_down": down,
                 "age_seconds": t.started.elapsed().as_secs_f64(),
+                "original_dst": t.original_dst.map(|a| a.to_string()),
             })
         })
         .collect();

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::serve::Accepting;
-use crate::tunnel::Mode;
+use crate::tunnel::{ListenState, Mode};
 
 /// How often an address this host may gain or lose (a VIP) is checked.
 pub(crate) const ADDRESS_POLL: Duration = Duration::from_millis(500);
@@ -62,12 +62,13 @@ pub(crate) async fn follow_address<M: Mode>(
             (None, true) => match bind(addr).await {
                 Ok((listener, local)) => {
                     tracing::info!(mode = M::NAME, listen = %addr, "address acquired");
-                    acc.ctx.metrics.set_owned(addr, true);
+                    acc.ctx.set_listen_state(addr, ListenState::Serving);
                     last_problem = None;
                     serving = Some((local, acc.serve(listener, local)));
                 }
                 Err(e) => {
                     let problem = format!("address acquired but cannot bind: {e}");
+                    acc.ctx.set_listen_state(addr, ListenState::Failing(e.to_string()));
                     if last_problem.as_ref() != Some(&problem) {
                         tracing::warn!(listen = %addr, "{problem}; retrying");
                         last_problem = Some(problem);
@@ -76,7 +77,7 @@ pub(crate) async fn follow_address<M: Mode>(
             },
             (Some((local, token)), false) => {
                 token.cancel();
-                acc.ctx.metrics.set_owned(addr, false);
+                acc.ctx.set_listen_state(addr, ListenState::Standby);
                 let local = *local;
                 // Out of the serving set first: a tunnel finishing its handshake now cuts itself.
                 acc.ctx.set_serving(local, false);

@@ -19,7 +19,7 @@ use crate::config::Keepalive;
 use crate::tunnel::net;
 use crate::tunnel::refuse::{refuse, RefuseReason};
 use crate::tunnel::registry::Tunnels;
-use crate::tunnel::{run_one, Ctx, Mode};
+use crate::tunnel::{run_one, Ctx, ListenState, Mode};
 
 pub use start::{start_client, start_server, StartError};
 
@@ -108,6 +108,7 @@ pub(crate) async fn start<M: Mode>(
         metrics: crate::metrics::Metrics::new(M::NAME),
         ops_addr: std::sync::OnceLock::new(),
         serving: Mutex::default(),
+        listen_states: Mutex::default(),
     });
     let acc = Accepting {
         ctx: ctx.clone(),
@@ -118,7 +119,10 @@ pub(crate) async fn start<M: Mode>(
     };
     let mut local_addrs = Vec::new();
     for (addr, followed, listener) in plan {
-        ctx.metrics.set_owned(addr, listener.is_some());
+        ctx.set_listen_state(
+            addr,
+            if listener.is_some() { ListenState::Serving } else { ListenState::Standby },
+        );
         let serving = listener.map(|(l, local)| {
             local_addrs.push(local);
             (local, acc.serve(l, local))

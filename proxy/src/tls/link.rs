@@ -446,6 +446,35 @@ enum Next {
     Failed(rustls::Error),
 }
 
+/// The link as a tokio stream, for small exchanges outside the copy loop (the health probe's NFS
+/// NULL call): reads of any size (what does not fit waits for the next read), errors as I/O errors.
+impl AsyncRead for Link {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut tmp = vec![0u8; MAX_PLAINTEXT];
+        let n = ready!(Link::poll_read(this, cx, &mut tmp)).map_err(io::Error::other)?;
+        let take = n.min(buf.remaining());
+        buf.put_slice(&tmp[..take]);
+        // The rest is handed out first next time.
+        this.early.splice(0..0, tmp[take..n].iter().copied());
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Link {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Link::poll_write(self.get_mut(), cx, buf).map_err(io::Error::other)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Link::poll_flush(self.get_mut(), cx).map_err(io::Error::other)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Link::poll_shutdown(self.get_mut(), cx).map_err(io::Error::other)
+    }
+}
+
 /// One step of opening records.
 enum Step {
     Again,

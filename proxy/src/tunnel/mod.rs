@@ -52,9 +52,43 @@ pub struct Ctx<M> {
     /// The local addresses of the listeners serving now; a tunnel whose listener left this set
     /// while it was in its handshake is cut as soon as it registers.
     pub serving: Mutex<HashSet<SocketAddr>>,
+    /// Each configured listen address's state, for `/healthz`.
+    pub listen_states: Mutex<std::collections::BTreeMap<SocketAddr, ListenState>>,
+}
+
+/// What a listen address is doing, for `/healthz` and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenState {
+    Serving,
+    /// This host does not own the address (the VIP is on the other node).
+    Standby,
+    /// This host owns the address but cannot bind it (another process holds it, ...).
+    Failing(String),
+}
+
+impl ListenState {
+    pub(crate) fn word(&self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Standby => "standby",
+            Self::Failing(_) => "failing",
+        }
+    }
 }
 
 impl<M> Ctx<M> {
+    /// Records what `addr` (as configured) is doing now.
+    pub(crate) fn set_listen_state(&self, addr: SocketAddr, state: ListenState) {
+        self.metrics.set_listen_state(addr, state.word());
+        self.listen_states.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, state);
+    }
+
+    /// Every configured listen address and its state.
+    pub(crate) fn listen_states(&self) -> Vec<(SocketAddr, ListenState)> {
+        let map = self.listen_states.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(a, s)| (*a, s.clone())).collect()
+    }
+
     pub fn is_serving(&self, local: SocketAddr) -> bool {
         self.serving.lock().unwrap_or_else(|p| p.into_inner()).contains(&local)
     }
@@ -86,6 +120,28 @@ pub struct Established {
     pub(crate) transport: Transport,
     /// Negotiated TLS version and cipher suite, e.g. `TLSv1_3/TLS13_AES_256_GCM_SHA384`.
     pub(crate) tls: String,
+    /// Client mode: where the local connection was going before `--redirect` (NAT) sent it to us.
+    pub(crate) original_dst: Option<OriginalDst>,
+}
+
+/// The destination a redirected connection had before NAT (`SO_ORIGINAL_DST`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OriginalDst {
+    pub(crate) addr: SocketAddr,
+    /// Whether it is one of our `--redirect` addresses (another NAT rule may point here too).
+    pub(crate) redirect: bool,
+}
+
+impl OriginalDst {
+    /// The metric label: the address for our own redirects, `other` for anything else, so the label
+    /// set stays as small as the `--redirect` list.
+    pub(crate) fn label(&self) -> String {
+        if self.redirect {
+            self.addr.to_string()
+        } else {
+            "other".to_owned()
+        }
+    }
 }
 
 /// What differs between server and client mode: how a tunnel is opened.
@@ -140,7 +196,15 @@ pub(crate) async fn run_one<M: Mode>(
         Ok(opened) => opened,
         Err(reason) => return refuse(&ctx.metrics, peer, &reason),
     };
-    let entry = ctx.tunnels.register(peer, listener, &opened.identity, opened.peer_cert, opened.transport);
+    let original_dst = opened.original_dst.map(|d| d.addr);
+    let entry = ctx.tunnels.register(
+        peer,
+        listener,
+        &opened.identity,
+        opened.peer_cert,
+        opened.transport,
+        original_dst,
+    );
     // Leaves the registry and the open-tunnel gauge even if the copy loop panics.
     let registered = Registered { ctx: &*ctx, entry: &entry, transport: opened.transport.word() };
     if !ctx.is_serving(listener) {
@@ -149,14 +213,28 @@ pub(crate) async fn run_one<M: Mode>(
     }
     let transport = opened.transport.word();
     ctx.metrics.opened(&opened.identity, transport, started.elapsed());
-    tracing::info!(
-        %peer,
-        identity = %opened.identity,
-        upstream = %opened.upstream,
-        transport,
-        tls = %opened.tls,
-        "tunnel opened"
-    );
+    match &opened.original_dst {
+        Some(dst) => {
+            ctx.metrics.redirected(&dst.label());
+            tracing::info!(
+                %peer,
+                identity = %opened.identity,
+                upstream = %opened.upstream,
+                transport,
+                tls = %opened.tls,
+                original_dst = %dst.addr,
+                "tunnel opened"
+            )
+        }
+        None => tracing::info!(
+            %peer,
+            identity = %opened.identity,
+            upstream = %opened.upstream,
+            transport,
+            tls = %opened.tls,
+            "tunnel opened"
+        ),
+    }
     let end = splice(opened.link, opened.plain, M::TLS_INBOUND, &entry.counters, &entry.switch).await;
     drop(registered);
     let (bytes_up, bytes_down) = entry.counters.totals();
