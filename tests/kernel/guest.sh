@@ -4,7 +4,7 @@
 # process under a time limit, one `PASS name (Ns)` or `FAIL name: why (Ns)` line each, into
 # results/summary on the test disk, which boot.sh reads back after power-off.
 #
-# Addresses: nfsd listens on 127.0.0.2:2049 only, so our client can own 127.0.0.1:2049. Servers
+# Addresses: nfsd listens on 127.0.0.2:2049 only, so our client can own 127.0.0.1:2049. Server
 # proxies listen on 127.0.0.1:23xx (192.0.2.138 for the VIP), client proxies on 127.0.0.1:24xx.
 # Exports live on the root disk, which is a throw-away overlay (qemu snapshot=on).
 set -uo pipefail
@@ -134,7 +134,7 @@ nfs_mount() {
 mount_or_fail() { nfs_mount "$@" || fail "mount -o $1 $2: $(tail -1 "$SC_OUT/mount.log")"; }
 unmount() { timeout -k 5 60 umount "$MNT" || fail "umount $MNT"; }
 
-# metric NAME-AND-LABELS: the value of one line of the server proxy's /metrics (0 when absent).
+# metric PREFIX: the sum of the server proxy's /metrics lines that start with PREFIX (0 when none).
 metric() {
     local body
     body=$(timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9469 && printf "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n" >&3 && cat <&3') || true
@@ -144,7 +144,8 @@ metric() {
 sha() { sha256sum "$1" | cut -c1-64; }
 drop_caches() { sync && echo 3 >/proc/sys/vm/drop_caches; }
 
-# check_file_round_trip FILE EXPORTED: FILE written through $MNT, compared at the export, read back.
+# check_round_trip SRC NAME EXPORT: SRC written through $MNT as NAME, compared at EXPORT/NAME, read back
+# through the mount with all caches dropped.
 check_round_trip() {
     local src=$1 name=$2 export=$3 want
     want=$(sha "$src")
