@@ -6,7 +6,8 @@
 //! | `nfs_tls_proxy_tunnels_open` | gauge | identity, transport |
 //! | `nfs_tls_proxy_tunnels_total` | counter | identity, transport |
 //! | `nfs_tls_proxy_bytes_total` | counter | identity, direction (`up`: towards the NFS server) |
-//! | `nfs_tls_proxy_refusals_total` | counter | reason |
+//! | `nfs_tls_proxy_refusals_total` | counter | reason (`evicted`: dropped from a full handshake budget) |
+//! | `nfs_tls_proxy_handshakes_in_progress` | gauge | - |
 //! | `nfs_tls_proxy_handshake_duration_seconds` | histogram | transport |
 //! | `nfs_tls_proxy_listen_address_owned` | gauge | listen |
 //! | `nfs_tls_proxy_listen_state` | gauge | listen, state (`serving`, `standby`, `failing`: owned, not bound) |
@@ -107,6 +108,7 @@ pub struct Metrics {
     redirect_restored: Counter,
     reloads: Family<ResultLabels, Counter>,
     last_reload: Gauge,
+    handshaking: Gauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,7 +193,14 @@ impl Metrics {
             "When the TLS material was last loaded successfully, at start or by a reload (Unix time)",
             last_reload.clone(),
         );
+        let handshaking = Gauge::default();
+        registry.register(
+            "handshakes_in_progress",
+            "Connections in their handshake now (limited by --max-handshakes)",
+            handshaking.clone(),
+        );
         Self {
+            handshaking,
             registry,
             tunnels_open,
             tunnels_total,
@@ -242,6 +251,11 @@ impl Metrics {
     /// `identity` the name of a certificate the CA signed, or `-`.
     pub fn refused(&self, reason: &'static str, identity: &str) {
         self.refusals.get_or_create(&ReasonLabels { reason, identity: identity.to_owned() }).inc();
+    }
+
+    /// Connections in their handshake now.
+    pub fn set_handshaking(&self, n: usize) {
+        self.handshaking.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn opened(&self, identity: &str, transport: &'static str, took: Duration) {

@@ -10,8 +10,9 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::{
-    parse_duration, parse_keepalive, parse_metrics_addr, parse_redirect, parse_tls_version, CheckMode,
-    ConfigError, Endpoint, Keepalive, OnOff, SourcePort, TlsVersion, Transport,
+    parse_duration, parse_keepalive, parse_metrics_addr, parse_off_or_duration, parse_redirect,
+    parse_tcp_user_timeout, parse_tls_version, CheckMode, ConfigError, DurationOrOff, Endpoint, Keepalive,
+    OnOff, SourcePort, TcpUserTimeout, TlsVersion, Transport,
 };
 
 /// A TLS tunnel for NFS: stunnel's replacement on the storage servers (`server`) and the NFS clients
@@ -135,6 +136,20 @@ pub struct CommonArgs {
     /// TCP keepalive idle time on every leg, or `off`.
     #[arg(long, value_name = "DURATION|off", value_parser = parse_keepalive)]
     pub keepalive: Option<Keepalive>,
+    /// Linux: give up on a peer that leaves sent data unacknowledged (or keepalive unanswered) this
+    /// long, on every leg (TCP_USER_TIMEOUT); default `keepalive`: keepalive idle + 6 probes.
+    #[arg(long, value_name = "DURATION|keepalive|off", value_parser = parse_tcp_user_timeout)]
+    pub tcp_user_timeout: Option<TcpUserTimeout>,
+    /// End a tunnel whose writes (to either side) make no progress for this long (default 120s).
+    #[arg(long, value_name = "DURATION|off", value_parser = parse_off_or_duration)]
+    pub write_stall_timeout: Option<DurationOrOff>,
+    /// Connections in their handshake at once, apart from --max-connections (default 256); when
+    /// full, the oldest handshake of the busiest source address is dropped for a newcomer.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: Option<u32>,
+    /// Listen queue length (default: the system's maximum, e.g. net.core.somaxconn).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub listen_backlog: Option<u32>,
     /// On SIGTERM/SIGINT, how long open tunnels may finish before they are cut.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,

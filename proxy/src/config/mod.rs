@@ -74,6 +74,83 @@ pub enum Keepalive {
     After(Duration),
 }
 
+/// Defences against floods, stalls and dead peers; see [`Limits::default`] for the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The listen queue length asked for (`--listen-backlog`); None: the system's maximum.
+    pub listen_backlog: Option<u32>,
+    /// Connections in their handshake (or RFC 9289 probe) at once, apart from `max_connections`.
+    pub max_handshakes: u32,
+    /// A tunnel whose write makes no progress for this long ends (`--write-stall-timeout`).
+    pub write_stall_timeout: Option<Duration>,
+    /// TCP_USER_TIMEOUT on every leg (`--tcp-user-timeout`).
+    pub tcp_user_timeout: TcpUserTimeout,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            listen_backlog: None,
+            max_handshakes: 256,
+            write_stall_timeout: Some(Duration::from_secs(120)),
+            tcp_user_timeout: TcpUserTimeout::FromKeepalive,
+        }
+    }
+}
+
+/// How long sent data may stay unacknowledged (or keepalive probes unanswered) before the kernel
+/// gives up on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpUserTimeout {
+    /// What keepalive would take to give up: idle + 6 probes (`Keepalive::probe_interval` apart);
+    /// off when keepalive is off.
+    FromKeepalive,
+    Off,
+    After(Duration),
+}
+
+impl Keepalive {
+    /// Probes at most every 10 s, and never further apart than the idle time itself.
+    pub fn probe_interval(idle: Duration) -> Duration {
+        idle.min(Duration::from_secs(10)).max(Duration::from_secs(1))
+    }
+
+    /// Unanswered probes before keepalive gives up.
+    pub const PROBES: u32 = 6;
+}
+
+impl TcpUserTimeout {
+    /// The value to set on sockets, given the keepalive setting.
+    pub fn resolve(self, keepalive: Keepalive) -> Option<Duration> {
+        match (self, keepalive) {
+            (Self::After(d), _) => Some(d),
+            (Self::Off, _) | (Self::FromKeepalive, Keepalive::Off) => None,
+            (Self::FromKeepalive, Keepalive::After(idle)) => {
+                Some(idle + Keepalive::probe_interval(idle) * Keepalive::PROBES)
+            }
+        }
+    }
+}
+
+fn parse_tcp_user_timeout(s: &str) -> Result<TcpUserTimeout, String> {
+    match s {
+        "off" => Ok(TcpUserTimeout::Off),
+        "keepalive" => Ok(TcpUserTimeout::FromKeepalive),
+        _ => parse_duration(s).map(TcpUserTimeout::After),
+    }
+}
+
+/// A duration, or `off` (None).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationOrOff(pub Option<Duration>);
+
+fn parse_off_or_duration(s: &str) -> Result<DurationOrOff, String> {
+    if s == "off" {
+        return Ok(DurationOrOff(None));
+    }
+    parse_duration(s).map(|d| DurationOrOff(Some(d)))
+}
+
 fn parse_keepalive(s: &str) -> Result<Keepalive, String> {
     if s == "off" {
         return Ok(Keepalive::Off);
@@ -186,6 +263,8 @@ pub struct Common {
     pub key_update_every: Option<u64>,
     /// `--pid-file`: the process id, and next to it each reload's outcome.
     pub pid_file: Option<PathBuf>,
+    /// Listen queue, handshake budget, write stalls, TCP user timeout.
+    pub limits: Limits,
 }
 
 /// A resolved server configuration.
@@ -263,6 +342,14 @@ impl Common {
             metrics: args.metrics,
             key_update_every: args.key_update_every,
             pid_file: args.pid_file.clone(),
+            limits: Limits {
+                listen_backlog: args.listen_backlog,
+                max_handshakes: args.max_handshakes.unwrap_or(Limits::default().max_handshakes),
+                write_stall_timeout: args
+                    .write_stall_timeout
+                    .map_or(Limits::default().write_stall_timeout, |DurationOrOff(d)| d),
+                tcp_user_timeout: args.tcp_user_timeout.unwrap_or(TcpUserTimeout::FromKeepalive),
+            },
             privileges: match &args.user {
                 None => None,
                 Some(user) => {
@@ -376,6 +463,10 @@ fn common_pairs(a: &Common, b: &Common) -> Vec<(&'static str, String, String)> {
         ("connect-timeout", d(&a.connect_timeout), d(&b.connect_timeout)),
         ("max-connections", d(&a.max_connections), d(&b.max_connections)),
         ("keepalive", d(&a.keepalive), d(&b.keepalive)),
+        ("listen-backlog", d(&a.limits.listen_backlog), d(&b.limits.listen_backlog)),
+        ("max-handshakes", d(&a.limits.max_handshakes), d(&b.limits.max_handshakes)),
+        ("write-stall-timeout", d(&a.limits.write_stall_timeout), d(&b.limits.write_stall_timeout)),
+        ("tcp-user-timeout", d(&a.limits.tcp_user_timeout), d(&b.limits.tcp_user_timeout)),
         ("drain-timeout", d(&a.drain_timeout), d(&b.drain_timeout)),
         ("reload-every", d(&a.reload_every), d(&b.reload_every)),
         ("metrics", d(&a.metrics), d(&b.metrics)),
@@ -487,6 +578,22 @@ mod tests {
         for bad in ["", "s", "10x", "-1", "ten"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_tcp_user_timeout_follows_keepalive_unless_set() {
+        let after = |s| Keepalive::After(Duration::from_secs(s));
+        let default = TcpUserTimeout::FromKeepalive;
+        assert_eq!(default.resolve(after(60)), Some(Duration::from_secs(120)));
+        assert_eq!(default.resolve(after(2)), Some(Duration::from_secs(14)));
+        assert_eq!(default.resolve(Keepalive::Off), None);
+        assert_eq!(
+            TcpUserTimeout::After(Duration::from_secs(5)).resolve(Keepalive::Off),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(TcpUserTimeout::Off.resolve(after(60)), None);
+        assert_eq!(parse_tcp_user_timeout("keepalive"), Ok(default));
+        assert_eq!(parse_off_or_duration("off"), Ok(DurationOrOff(None)));
     }
 
     #[test]

@@ -14,11 +14,35 @@ use crate::tunnel::{ListenState, Mode};
 /// How often an address this host may gain or lose (a VIP) is checked.
 pub(crate) const ADDRESS_POLL: Duration = Duration::from_millis(500);
 
-/// Binds `addr`; returns the listener and the address it got (the port, if 0 was asked for).
-pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await?;
+/// Binds `addr` with a listen queue of `backlog` (None: the system's maximum); returns the listener
+/// and the address it got (the port, if 0 was asked for).
+pub(crate) fn bind(addr: SocketAddr, backlog: Option<u32>) -> std::io::Result<(TcpListener, SocketAddr)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's and std's bind do: a restarted proxy may bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.map_or_else(max_backlog, |b| i32::try_from(b).unwrap_or(i32::MAX)))?;
+    let listener = TcpListener::from_std(socket.into())?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+/// The longest listen queue the system allows. A burst of connections beyond the queue is dropped
+/// or reset by the kernel before we see it (std and tokio ask for 128; stunnel for 4096).
+pub(crate) fn max_backlog() -> i32 {
+    // Linux caps the request at net.core.somaxconn silently; read it so that we ask for exactly it.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(max) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|&n| n > 0)
+    {
+        return max;
+    }
+    // FreeBSD (and others) cap a larger request at their own maximum (kern.ipc.soacceptqueue).
+    i32::MAX
 }
 
 /// Which listen addresses follow ownership.
@@ -59,7 +83,7 @@ pub(crate) async fn follow_address<M: Mode>(
             }
         };
         match (&serving, owned) {
-            (None, true) => match bind(addr).await {
+            (None, true) => match bind(addr, acc.backlog) {
                 Ok((listener, local)) => {
                     tracing::info!(mode = M::NAME, listen = %addr, "address acquired");
                     acc.ctx.set_listen_state(addr, ListenState::Serving);

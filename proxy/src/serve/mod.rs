@@ -1,6 +1,6 @@
-//! Serving: the accept loop of both modes (limit, back off on accept errors, spawn) and the drain on
-//! shutdown; [`start`]: start_server/start_client; [`listen`]: listeners that follow the VIP;
-//! [`reload`]: SIGHUP / --reload-every.
+//! Serving: the accept loop of both modes (a handshake slot for each connection, back off on accept
+//! errors, spawn) and the drain on shutdown; [`start`]: start_server/start_client; [`listen`]:
+//! listeners that follow the VIP; [`reload`]: SIGHUP / --reload-every.
 
 pub(crate) mod listen;
 pub(crate) mod reload;
@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Keepalive;
+use crate::config::Common;
+use crate::tunnel::admit::Budget;
 use crate::tunnel::net;
-use crate::tunnel::refuse::{refuse, RefuseReason};
+use crate::tunnel::refuse::{is_exhaustion, Refusals, RefuseReason};
 use crate::tunnel::registry::Tunnels;
 use crate::tunnel::{run_one, Ctx, ListenState, Mode};
 
@@ -47,7 +47,8 @@ pub enum ListenError {
 #[derive(Debug)]
 pub(crate) struct Accepting<M> {
     pub(crate) ctx: Arc<Ctx<M>>,
-    limit: Arc<Semaphore>,
+    /// `--listen-backlog` (None: the system's maximum), for listeners bound later too.
+    pub(crate) backlog: Option<u32>,
     tracker: TaskTracker,
     loops: TaskTracker,
     pub(crate) stop: CancellationToken,
@@ -57,7 +58,7 @@ impl<M> Clone for Accepting<M> {
     fn clone(&self) -> Self {
         Self {
             ctx: self.ctx.clone(),
-            limit: self.limit.clone(),
+            backlog: self.backlog,
             tracker: self.tracker.clone(),
             loops: self.loops.clone(),
             stop: self.stop.clone(),
@@ -68,7 +69,8 @@ impl<M> Clone for Accepting<M> {
 impl<M: Mode> Accepting<M> {
     /// Starts accepting on `listener`; the returned token stops this listener alone.
     pub(crate) fn serve(&self, listener: TcpListener, local: SocketAddr) -> CancellationToken {
-        tracing::info!(mode = M::NAME, listen = %local, "listening");
+        let backlog = self.backlog.map_or_else(listen::max_backlog, |b| b as i32);
+        tracing::info!(mode = M::NAME, listen = %local, backlog, "listening");
         self.ctx.set_serving(local, true);
         let own = self.stop.child_token();
         self.loops.spawn(accept_loop(listener, local, self.clone(), own.clone()));
@@ -81,9 +83,9 @@ pub(crate) async fn start<M: Mode>(
     mode: M,
     listen: &[SocketAddr],
     follow: listen::Follow,
-    max_connections: u32,
-    keepalive: Keepalive,
+    common: &Common,
 ) -> Result<Running<M>, ListenError> {
+    let limits = common.limits;
     // Decide and bind everything first, so a bad address fails start-up before anything runs.
     let mut plan = Vec::new();
     for &addr in listen {
@@ -94,7 +96,10 @@ pub(crate) async fn start<M: Mode>(
             true
         };
         let listener = if owned {
-            Some(listen::bind(addr).await.map_err(|source| ListenError::Bind { addr, source })?)
+            Some(
+                listen::bind(addr, limits.listen_backlog)
+                    .map_err(|source| ListenError::Bind { addr, source })?,
+            )
         } else {
             None
         };
@@ -103,7 +108,15 @@ pub(crate) async fn start<M: Mode>(
     let ctx = Arc::new(Ctx {
         mode,
         tunnels: Tunnels::default(),
-        keepalive,
+        keepalive: common.keepalive,
+        user_timeout: limits.tcp_user_timeout.resolve(common.keepalive),
+        write_stall: limits.write_stall_timeout,
+        budget: Arc::new(Budget::new(
+            limits.max_handshakes,
+            common.max_connections,
+            common.handshake_timeout,
+        )),
+        refusals: Refusals::default(),
         hard_stop: CancellationToken::new(),
         metrics: crate::metrics::Metrics::new(M::NAME),
         ops_addr: std::sync::OnceLock::new(),
@@ -112,7 +125,7 @@ pub(crate) async fn start<M: Mode>(
     });
     let acc = Accepting {
         ctx: ctx.clone(),
-        limit: Arc::new(Semaphore::new(max_connections as usize)),
+        backlog: limits.listen_backlog,
         tracker: TaskTracker::new(),
         loops: TaskTracker::new(),
         stop: CancellationToken::new(),
@@ -134,6 +147,7 @@ pub(crate) async fn start<M: Mode>(
             acc.loops.spawn(listen::follow_address(addr, serving, acc.clone()));
         }
     }
+    acc.loops.spawn(summarise_refusals(ctx.clone(), acc.stop.clone()));
     acc.loops.close();
     Ok(Running {
         local_addrs,
@@ -144,12 +158,28 @@ pub(crate) async fn start<M: Mode>(
     })
 }
 
+/// Writes the refusal summaries once a second (see [`Refusals`]).
+async fn summarise_refusals<M>(ctx: Arc<Ctx<M>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => ctx.refusals.flush(),
+            _ = stop.cancelled() => return ctx.refusals.flush(),
+        }
+    }
+}
+
+/// Accepts connections until `stop`: each one takes a handshake slot (which may evict the oldest
+/// handshake of the busiest address, or wait while none may be evicted yet) and runs in its own
+/// task. Accepting does nothing else, so the listen queue drains fast.
 async fn accept_loop<M: Mode>(
     listener: TcpListener,
     local: SocketAddr,
     acc: Accepting<M>,
     stop: CancellationToken,
 ) {
+    let ctx = &acc.ctx;
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -159,8 +189,15 @@ async fn accept_loop<M: Mode>(
         let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE, ENFILE, ENOBUFS...: wait and keep serving; never end the loop.
-                tracing::warn!(listen = %local, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                // Out of descriptors (EMFILE, ENFILE) or memory: the connection waits in the listen
+                // queue until some are freed. Anything else (ECONNABORTED...) concerns one
+                // connection. Either way wait a little and keep serving; never end the loop.
+                if is_exhaustion(&e) {
+                    let reason = RefuseReason::ResourceExhausted(format!("accept: {e}"));
+                    ctx.refusals.refuse(&ctx.metrics, local, &reason);
+                } else {
+                    tracing::warn!(listen = %local, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},
                     _ = stop.cancelled() => return,
@@ -170,16 +207,14 @@ async fn accept_loop<M: Mode>(
             }
         };
         backoff = Duration::from_millis(10);
-        let Ok(permit) = acc.limit.clone().try_acquire_owned() else {
-            refuse(&acc.ctx.metrics, peer, &RefuseReason::TooManyConnections);
-            continue;
+        // The evicted connection's own task logs its refusal.
+        let (admission, _) = tokio::select! {
+            entered = ctx.budget.enter(peer) => entered,
+            _ = stop.cancelled() => return,
         };
-        net::tune(&tcp, acc.ctx.keepalive);
-        let ctx = acc.ctx.clone();
-        acc.tracker.spawn(async move {
-            run_one(ctx, tcp, peer, local).await;
-            drop(permit);
-        });
+        ctx.metrics.set_handshaking(ctx.budget.handshaking());
+        net::tune(&tcp, ctx.keepalive);
+        acc.tracker.spawn(run_one(ctx.clone(), tcp, peer, local, admission));
     }
 }
 

@@ -50,8 +50,7 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<ServerMode>, S
         key_update_every: c.key_update_every,
     };
     tracing::info!(backend = %cfg.backend, crl = ?cfg.crl, allow = ?cfg.allow.names().collect::<Vec<_>>(), "server ready");
-    let running =
-        super::start(mode, &cfg.listen, listen::Follow::Ownership, c.max_connections, c.keepalive).await?;
+    let running = super::start(mode, &cfg.listen, listen::Follow::Ownership, c).await?;
     ops::expiry::publish(&running.ctx.metrics, &c.tls, cfg.crl.as_deref());
     start_ops(&running, c.metrics).await?;
     Ok(running)
@@ -79,7 +78,7 @@ pub async fn start_client(cfg: &config::Client) -> Result<Running<ClientMode>, S
         redirects: cfg.redirect.clone(),
         failures: Default::default(),
     };
-    let running = super::start(mode, &cfg.listen, listen::Follow::No, c.max_connections, c.keepalive).await?;
+    let running = super::start(mode, &cfg.listen, listen::Follow::No, c).await?;
     ops::expiry::publish(&running.ctx.metrics, &c.tls, None);
     start_ops(&running, c.metrics).await?;
     // After binding: the rules point at the bound address (a --listen port 0 is known only now).

@@ -56,7 +56,12 @@ impl Mode for ClientMode {
     const NAME: &'static str = "client";
     const TLS_INBOUND: bool = false;
 
-    async fn open(&self, tcp: TcpStream, peer: SocketAddr) -> Result<Established, RefuseReason> {
+    async fn open(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        _: &super::admit::Admission,
+    ) -> Result<Established, RefuseReason> {
         let original_dst = tcp
             .local_addr()
             .ok()
@@ -170,7 +175,7 @@ impl ClientMode {
         let (mut tcp, addr) =
             net::connect_from(&upstream.endpoint, self.source_port, self.connect_timeout, self.keepalive)
                 .await
-                .map_err(RefuseReason::Unreachable)?;
+                .map_err(RefuseReason::from)?;
         let deadline = tokio::time::Instant::now() + self.handshake_timeout;
         if self.protocol == Transport::RpcTls {
             match tokio::time::timeout_at(deadline, rpc::send_probe(&mut tcp, rpc::next_xid())).await {

@@ -4,7 +4,9 @@
 //! - [`Mode`], [`Ctx`], [`run_one`]: the pipeline; [`server`], [`client`]: each mode's `open()`
 //! - [`splice`]: the two-way copy; [`refuse`]: refusal reasons and their one log line
 //! - [`registry`]: the open tunnels; [`net`]: socket options and dialling
+//! - [`admit`]: the handshake budget and the tunnel permits
 
+pub(crate) mod admit;
 pub(crate) mod client;
 pub(crate) mod net;
 pub(crate) mod refuse;
@@ -23,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Keepalive, Transport};
 use crate::tls::link::{KeyPolicy, Link, RPC_TLS_RECORD_LIMIT};
-use refuse::{refuse, RefuseReason};
+use admit::{Admission, Budget};
+use refuse::{Refusals, RefuseReason};
 use registry::Tunnels;
 use splice::splice;
 
@@ -44,6 +47,14 @@ pub struct Ctx<M> {
     pub mode: M,
     pub tunnels: Tunnels,
     pub keepalive: Keepalive,
+    /// TCP_USER_TIMEOUT for both legs of every tunnel.
+    pub user_timeout: Option<Duration>,
+    /// A tunnel whose write makes no progress this long ends.
+    pub write_stall: Option<Duration>,
+    /// The handshake budget and the tunnel permits.
+    pub(crate) budget: Arc<Budget>,
+    /// The one place refusals are logged and counted.
+    pub refusals: Refusals,
     /// Cancelled when the drain time is over: connections still in their handshake end too.
     pub hard_stop: CancellationToken,
     pub metrics: crate::metrics::Metrics,
@@ -153,11 +164,14 @@ pub trait Mode: Send + Sync + 'static {
     const TLS_INBOUND: bool;
 
     /// Handshake, authorize and connect, each under its own timeout. Any failure is a refusal, and
-    /// happens before a byte of application data is forwarded.
+    /// happens before a byte of application data is forwarded. Once the peer is authenticated and
+    /// before anything is dialled, a mode whose accepted side is TLS calls [`Admission::admit`]
+    /// (trading its handshake slot for a tunnel permit); for the others `run_one` does it after.
     fn open(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
+        admission: &Admission,
     ) -> impl Future<Output = Result<Established, RefuseReason>> + Send;
 
     /// Whether the far side works (for `/healthz`): a one-line description either way.
@@ -186,16 +200,23 @@ pub(crate) async fn run_one<M: Mode>(
     tcp: TcpStream,
     peer: SocketAddr,
     listener: SocketAddr,
+    admission: Admission,
 ) {
     let started = Instant::now();
     let opened = tokio::select! {
-        opened = ctx.mode.open(tcp, peer) => opened,
+        opened = ctx.mode.open(tcp, peer, &admission) => {
+            opened.and_then(|opened| admission.admit().map(|()| opened))
+        }
+        _ = admission.evicted().cancelled() => Err(RefuseReason::Evicted),
         _ = ctx.hard_stop.cancelled() => return,
     };
+    ctx.metrics.set_handshaking(ctx.budget.handshaking());
     let opened = match opened {
         Ok(opened) => opened,
-        Err(reason) => return refuse(&ctx.metrics, peer, &reason),
+        Err(reason) => return ctx.refusals.refuse(&ctx.metrics, peer, &reason),
     };
+    net::set_user_timeout(opened.link.tcp(), ctx.user_timeout);
+    net::set_user_timeout(&opened.plain, ctx.user_timeout);
     let original_dst = opened.original_dst.map(|d| d.addr);
     let entry = ctx.tunnels.register(
         peer,
@@ -235,8 +256,12 @@ pub(crate) async fn run_one<M: Mode>(
             "tunnel opened"
         ),
     }
-    let end = splice(opened.link, opened.plain, M::TLS_INBOUND, &entry.counters, &entry.switch).await;
+    let end =
+        splice(opened.link, opened.plain, M::TLS_INBOUND, &entry.counters, &entry.switch, ctx.write_stall)
+            .await;
     drop(registered);
+    // The tunnel permit goes back only now.
+    drop(admission);
     let (bytes_up, bytes_down) = entry.counters.totals();
     tracing::info!(
         %peer,

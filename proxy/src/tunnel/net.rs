@@ -1,15 +1,13 @@
 //! TCP plumbing: socket options on every leg, and connecting with a timeout.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
-use std::sync::atomic::{AtomicU16, Ordering};
-
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{Endpoint, Keepalive, SourcePort};
+use crate::tunnel::refuse::{is_exhaustion, RefuseReason};
 
 /// TCP_NODELAY (NFS RPCs are small and latency-bound) and keepalive (so a peer that vanished in a
 /// failover is noticed instead of holding the tunnel for ever).
@@ -18,9 +16,52 @@ pub(crate) fn tune(tcp: &TcpStream, keepalive: Keepalive) {
     if let Keepalive::After(idle) = keepalive {
         let params = socket2::TcpKeepalive::new()
             .with_time(idle)
-            .with_interval(Duration::from_secs(10))
-            .with_retries(6);
+            .with_interval(Keepalive::probe_interval(idle))
+            .with_retries(Keepalive::PROBES);
         let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&params);
+    }
+}
+
+/// TCP_USER_TIMEOUT: the kernel gives up on the connection (ETIMEDOUT) when data it sent stays
+/// unacknowledged this long, or, with keepalive, when probes go unanswered this long. Without it a
+/// partitioned peer with data in flight holds the tunnel for the whole retransmission schedule
+/// (~15 minutes on Linux), since keepalive does not probe while data is outstanding. Linux only:
+/// FreeBSD has no such option (its retransmission limit and keepalive apply there).
+pub(crate) fn set_user_timeout(tcp: &TcpStream, timeout: Option<Duration>) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(timeout);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, timeout);
+}
+
+/// Why dialling failed: the far side (unreachable, refused, timed out), or ourselves (no descriptor
+/// or socket memory left), which is not the far side's fault and is reported as such.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DialError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Exhausted(String),
+}
+
+impl DialError {
+    /// The refusal of a connection whose `what` (e.g. "backend") could not be dialled.
+    pub(crate) fn refusal(self, what: &str) -> RefuseReason {
+        match self {
+            Self::Failed(e) => RefuseReason::Unreachable(format!("{what} {e}")),
+            Self::Exhausted(e) => RefuseReason::ResourceExhausted(format!("dialling {what} {e}")),
+        }
+    }
+}
+
+impl From<DialError> for RefuseReason {
+    fn from(error: DialError) -> Self {
+        match error {
+            DialError::Failed(e) => Self::Unreachable(e),
+            DialError::Exhausted(e) => Self::ResourceExhausted(format!("dialling {e}")),
+        }
     }
 }
 
@@ -30,7 +71,7 @@ pub(crate) async fn connect(
     timeout: Duration,
     keepalive: Keepalive,
 ) -> Result<(TcpStream, SocketAddr), String> {
-    connect_from(endpoint, SourcePort::Any, timeout, keepalive).await
+    connect_from(endpoint, SourcePort::Any, timeout, keepalive).await.map_err(|e| e.to_string())
 }
 
 /// Reserved source ports tried, from the top down (as bindresvport does, below the well-known
@@ -83,12 +124,12 @@ pub(crate) async fn connect_from(
     source: SourcePort,
     timeout: Duration,
     keepalive: Keepalive,
-) -> Result<(TcpStream, SocketAddr), String> {
+) -> Result<(TcpStream, SocketAddr), DialError> {
     let attempt = async {
         let addrs = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
             .await
-            .map_err(|e| format!("{endpoint}: cannot resolve: {e}"))?;
-        let mut last = format!("{endpoint}: no addresses");
+            .map_err(|e| DialError::Failed(format!("{endpoint}: cannot resolve: {e}")))?;
+        let mut last = DialError::Failed(format!("{endpoint}: no addresses"));
         for addr in addrs {
             let attempt = match source {
                 SourcePort::Any => TcpStream::connect(addr).await,
@@ -99,12 +140,14 @@ pub(crate) async fn connect_from(
                     tune(&tcp, keepalive);
                     return Ok((tcp, addr));
                 }
-                Err(e) => last = format!("{addr}: {e}"),
+                // Trying the next address would fail the same way.
+                Err(e) if is_exhaustion(&e) => return Err(DialError::Exhausted(format!("{addr}: {e}"))),
+                Err(e) => last = DialError::Failed(format!("{addr}: {e}")),
             }
         }
         Err(last)
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| Err(format!("{endpoint}: connect timed out after {timeout:?}")))
+    tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
+        Err(DialError::Failed(format!("{endpoint}: connect timed out after {timeout:?}")))
+    })
 }

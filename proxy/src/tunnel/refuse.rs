@@ -1,8 +1,15 @@
-//! Why a connection was refused, and the one place that logs it. Every refusal happens before the
-//! backend (server mode) or upstream application data (client mode) is touched.
+//! Why a connection was refused, and the one place that logs it ([`Refusals`]). Every refusal
+//! happens before the backend (server mode) or upstream application data (client mode) is touched.
+//!
+//! Under a flood the log stays readable: a refused certificate is summarised per certificate (see
+//! [`REPEAT_WINDOW`]); every other reason logs its first few refusals of a second one by one, and the
+//! rest of that second as one summary line with a count.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rustls::CertificateError;
 
@@ -50,6 +57,11 @@ pub enum RefuseReason {
     Unreachable(String),
     /// `--max-connections` tunnels are open.
     TooManyConnections,
+    /// Still in its handshake when the handshake budget (`--max-handshakes`) was full: dropped to
+    /// make room for a newcomer (the oldest of the busiest source address).
+    Evicted,
+    /// Out of file descriptors (EMFILE/ENFILE) or kernel memory, accepting or dialling.
+    ResourceExhausted(String),
     /// A refusal of the certificate a client presented: `reason`, and whose certificate it was.
     Presented {
         reason: Box<RefuseReason>,
@@ -83,6 +95,8 @@ impl RefuseReason {
             Self::Unreachable(_) => "unreachable",
             Self::TooManyConnections => "max-connections",
             Self::Presented { reason, .. } => reason.word(),
+            Self::Evicted => "evicted",
+            Self::ResourceExhausted(_) => "resource-exhausted",
         }
     }
 
@@ -178,7 +192,8 @@ impl RefuseReason {
             | Self::Unreachable(d)
             | Self::RpcNotProbe(d)
             | Self::RpcMalformed(d)
-            | Self::NoStartTls(d) => Some(d),
+            | Self::NoStartTls(d)
+            | Self::ResourceExhausted(d) => Some(d),
             _ => None,
         }
     }
@@ -193,11 +208,11 @@ impl fmt::Display for RefuseReason {
     }
 }
 
-/// Logs and counts a refused connection: the only place that does. Who was refused is on the line
+/// Logs and counts a refused certificate ([`Refusals::refuse`] hands those here). Who was refused is on the line
 /// (the presented certificate's name and serial); the same refusal of the same certificate within
 /// [`REPEAT_WINDOW`] is counted and summarised on its next line (`repeated=N`) instead of logged each
 /// time.
-pub(crate) fn refuse(metrics: &crate::metrics::Metrics, peer: SocketAddr, reason: &RefuseReason) {
+fn refuse_certificate(metrics: &crate::metrics::Metrics, peer: SocketAddr, reason: &RefuseReason) {
     let who = reason.presented();
     let identity = if reason.signed_by_our_ca() { who.map_or("-", |w| w.name.as_str()) } else { "-" };
     metrics.refused(reason.word(), identity);
@@ -263,6 +278,123 @@ impl Repeats {
             None => {
                 map.insert(key, (now, 0));
                 Some(0)
+            }
+        }
+    }
+}
+
+/// Whether an I/O error means this process or host ran out of descriptors or socket memory (as
+/// opposed to the far side being unreachable).
+pub(crate) fn is_exhaustion(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Individual refusal lines per reason and second; beyond them, one summary line per second.
+const LINES_PER_SECOND: u32 = 3;
+/// Episodes of `resource-exhausted` are logged once at their start and once when they end.
+const EPISODE_REASON: &str = "resource-exhausted";
+
+/// Logs and counts refused connections: the only place that does. Rate-limited per reason (see the
+/// module documentation); [`Refusals::flush`] writes the summaries and runs once a second.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    windows: Mutex<HashMap<&'static str, Window>>,
+}
+
+/// One reason's current second.
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    logged: u32,
+    suppressed: u64,
+    /// For `resource-exhausted`: refusals since the episode began, and when it began.
+    episode: Option<(u64, Instant)>,
+}
+
+impl Refusals {
+    /// Logs and counts one refused connection.
+    pub(crate) fn refuse(&self, metrics: &crate::metrics::Metrics, peer: SocketAddr, reason: &RefuseReason) {
+        if reason.presented().is_some() {
+            return refuse_certificate(metrics, peer, reason);
+        }
+        let word = reason.word();
+        metrics.refused(word, "-");
+        let now = Instant::now();
+        let individual = {
+            let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            let w = windows.entry(word).or_insert(Window {
+                started: now,
+                logged: 0,
+                suppressed: 0,
+                episode: None,
+            });
+            if word == EPISODE_REASON {
+                let first = w.episode.is_none();
+                let (count, _) = w.episode.get_or_insert((0, now));
+                *count += 1;
+                w.started = now;
+                first
+            } else if w.logged < LINES_PER_SECOND {
+                w.logged += 1;
+                true
+            } else {
+                w.suppressed += 1;
+                false
+            }
+        };
+        if !individual {
+            return;
+        }
+        let detail = reason.detail();
+        match (word == EPISODE_REASON, detail) {
+            (true, detail) => tracing::warn!(
+                %peer,
+                reason = word,
+                detail = detail.unwrap_or(""),
+                "connection refused; out of resources: further refusals are counted until it ends"
+            ),
+            (false, Some(detail)) => tracing::warn!(%peer, reason = word, detail, "connection refused"),
+            (false, None) => tracing::warn!(%peer, reason = word, "connection refused"),
+        }
+    }
+
+    /// Writes one line per reason whose refusals were not all logged in the last second, and ends
+    /// a `resource-exhausted` episode after a second without one.
+    pub(crate) fn flush(&self) {
+        let now = Instant::now();
+        let mut lines = Vec::new();
+        {
+            let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            windows.retain(|&word, w| {
+                if now.duration_since(w.started) < Duration::from_secs(1) {
+                    return true;
+                }
+                if let Some((count, since)) = w.episode {
+                    lines.push((word, count, now.duration_since(since), true));
+                    return false;
+                }
+                if w.suppressed > 0 {
+                    lines.push((
+                        word,
+                        w.suppressed + u64::from(w.logged),
+                        now.duration_since(w.started),
+                        false,
+                    ));
+                }
+                false
+            });
+        }
+        for (reason, count, over, episode) in lines {
+            let over_ms = over.as_millis() as u64;
+            if episode {
+                tracing::warn!(
+                    reason,
+                    count,
+                    over_ms,
+                    "out of resources no more: connections refused meanwhile"
+                );
+            } else {
+                tracing::warn!(reason, count, over_ms, "connections refused (summary: too many to log each)");
             }
         }
     }

@@ -14,6 +14,7 @@ use crate::rpc::{self, RpcError};
 use crate::tls::handshake;
 use crate::tls::identity::peer_name;
 use crate::tls::ServerTls;
+use crate::tunnel::admit::Admission;
 use crate::tunnel::net;
 use crate::tunnel::refuse::RefuseReason;
 use crate::tunnel::{key_policy, Established, Mode};
@@ -40,7 +41,12 @@ impl Mode for ServerMode {
     const NAME: &'static str = "server";
     const TLS_INBOUND: bool = true;
 
-    async fn open(&self, tcp: TcpStream, _peer: SocketAddr) -> Result<Established, RefuseReason> {
+    async fn open(
+        &self,
+        tcp: TcpStream,
+        _peer: SocketAddr,
+        admission: &Admission,
+    ) -> Result<Established, RefuseReason> {
         let deadline = Instant::now() + self.handshake_timeout;
         let mut tcp = tcp;
         let transport = sniff(&tcp, deadline, self.rpc_tls).await?;
@@ -67,12 +73,14 @@ impl Mode for ServerMode {
             Ok(Err(e)) => return Err(RefuseReason::from_handshake(e)),
             Ok(Ok(link)) => link,
         };
+        // Authenticated: from here on this is a tunnel, limited by --max-connections alone.
+        admission.admit()?;
         let peer_cert = link.peer_certificates().first().cloned();
         let identity = peer_name(Some(link.peer_certificates()));
         let (backend, upstream) =
             net::connect_from(&self.backend, self.backend_source_port, self.connect_timeout, self.keepalive)
                 .await
-                .map_err(|e| RefuseReason::Unreachable(format!("backend {e}")))?;
+                .map_err(|e| e.refusal("backend"))?;
         Ok(Established {
             tls: link.negotiated().to_owned(),
             link,

@@ -6,14 +6,21 @@
 //! stream that breaks arrives broken: a reset, a read error, a TLS failure or a truncated record on
 //! either side ends the whole tunnel and both sockets are closed with a TCP reset (`SO_LINGER` 0), so
 //! the NFS client or server, and the peer proxy, see ECONNRESET rather than a clean end of stream.
+//!
+//! A direction that cannot write (its receiver does not read) is watched: its own source is checked
+//! for a reset while it waits (nothing reads that source meanwhile, so nothing else would notice),
+//! and with `--write-stall-timeout` a write that makes no progress for that long ends the tunnel.
 
+use std::future::Future;
 use std::io::{ErrorKind, IoSliceMut};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::registry::{Counters, Cut};
 use crate::rpc::RecordMarks;
@@ -34,12 +41,15 @@ pub(crate) enum End {
     KeysSpent,
     /// Closed by us: drain, listener address lost, certificate revoked.
     Cut(String),
+    /// A write towards `towards` (`plain` or `tls`) made no progress for `after`
+    /// (`--write-stall-timeout`): the receiver stopped reading.
+    Stalled { towards: &'static str, after: Duration },
 }
 
 impl End {
     /// Whether the far ends should see a reset rather than an orderly close.
     fn is_failure(&self) -> bool {
-        matches!(self, End::Tls(_) | End::Plain { .. })
+        matches!(self, End::Tls(_) | End::Plain { .. } | End::Stalled { .. })
     }
 }
 
@@ -55,6 +65,9 @@ impl std::fmt::Display for End {
             End::Plain { op, error } => write!(f, "error: {op}: {error}"),
             End::KeysSpent => f.write_str("keys-spent: ended at an RPC record boundary, the peer reconnects"),
             End::Cut(why) => write!(f, "cut: {why}"),
+            End::Stalled { towards, after } => {
+                write!(f, "stalled: no write progress towards the {towards} side for {}s", after.as_secs())
+            }
         }
     }
 }
@@ -66,19 +79,23 @@ impl std::fmt::Display for End {
 /// Both directions are driven by one future (no locks, no task per direction). Each direction holds
 /// a pooled buffer only while data flows. Plaintext is read with one vectored read of up to four
 /// records' worth and sealed with one write; opened records are written out together. A lone NFS
-/// request goes out at once as one record.
+/// request goes out at once as one record. `stall_limit`: see [`End::Stalled`].
 pub(crate) async fn splice(
     mut link: Link,
     mut plain: TcpStream,
     tls_is_inbound: bool,
     counters: &Counters,
     cut: &Cut,
+    stall_limit: Option<Duration>,
 ) -> End {
     let (from_count, to_count) =
         if tls_is_inbound { (&counters.up, &counters.down) } else { (&counters.down, &counters.up) };
     let mut from_tls = FromTls::default();
     let mut to_tls = ToTls { marks: link.keys_can_run_out().then(RecordMarks::default), ..ToTls::default() };
+    let (mut from_stall, mut to_stall) = (Stall::default(), Stall::default());
+    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
     let copy = std::future::poll_fn(|cx| {
+        let written = (from_count.load(Ordering::Relaxed), to_count.load(Ordering::Relaxed));
         let from = from_tls.poll(cx, &mut link, &mut plain, from_count);
         if let Poll::Ready(Err(e)) = from {
             return Poll::Ready(e);
@@ -88,10 +105,48 @@ pub(crate) async fn splice(
             return Poll::Ready(e);
         }
         if from.is_ready() && to.is_ready() {
-            Poll::Ready(End::Closed)
-        } else {
-            Poll::Pending
+            return Poll::Ready(End::Closed);
         }
+        let now = Instant::now();
+        from_stall.update(
+            from.is_pending() && from_tls.writing,
+            from_count.load(Ordering::Relaxed) != written.0,
+            now,
+        );
+        to_stall.update(
+            to.is_pending() && to_tls.writing,
+            to_count.load(Ordering::Relaxed) != written.1,
+            now,
+        );
+        // While a direction cannot write, nothing reads its source: look there for a reset.
+        if from_stall.since.is_some() {
+            if let Some(error) = source_failed(cx, link.tcp()) {
+                return Poll::Ready(End::Tls(LinkError::Read(error)));
+            }
+        }
+        if to_stall.since.is_some() {
+            if let Some(error) = source_failed(cx, &plain) {
+                return Poll::Ready(End::Plain { op: "read", error });
+            }
+        }
+        let stalled = [(from_stall.since, "plain"), (to_stall.since, "tls")]
+            .into_iter()
+            .filter_map(|(since, towards)| since.map(|s| (s, towards)))
+            .min();
+        if let Some((since, towards)) = stalled {
+            let mut wake = now + WATCH_EVERY;
+            if let Some(limit) = stall_limit {
+                if now.duration_since(since) >= limit {
+                    return Poll::Ready(End::Stalled { towards, after: limit });
+                }
+                wake = wake.min(since + limit);
+            }
+            timer.as_mut().reset(wake);
+            if timer.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
     });
     let end = tokio::select! {
         end = copy => end,
@@ -106,12 +161,44 @@ pub(crate) async fn splice(
     end
 }
 
+/// How often a direction that cannot write looks at its source (a reset is not always signalled
+/// to a task that is not reading).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Since when a direction has been waiting to write without progress.
+#[derive(Default)]
+struct Stall {
+    since: Option<Instant>,
+}
+
+impl Stall {
+    fn update(&mut self, blocked: bool, progressed: bool, now: Instant) {
+        self.since = match (blocked, progressed) {
+            (false, _) => None,
+            (true, true) => Some(now),
+            (true, false) => Some(self.since.unwrap_or(now)),
+        };
+    }
+}
+
+/// A reset (or other error) the kernel recorded on `tcp`, which nobody is reading; also asks to
+/// be woken when it becomes readable (data, end of input or a reset).
+fn source_failed(cx: &mut Context<'_>, tcp: &TcpStream) -> Option<std::io::Error> {
+    let _ = tcp.poll_read_ready(cx);
+    match tcp.take_error() {
+        Ok(error) => error,
+        Err(error) => Some(error),
+    }
+}
+
 /// TLS -> plain: plaintext of opened records, written out.
 #[derive(Default)]
 struct FromTls {
     buf: Buffer,
     read_done: bool,
     done: bool,
+    /// Pending on a write (not on a read).
+    writing: bool,
 }
 
 impl FromTls {
@@ -126,6 +213,7 @@ impl FromTls {
             return Poll::Ready(Ok(()));
         }
         loop {
+            self.writing = true;
             while !self.buf.is_empty() {
                 let n = ready!(write_some(cx, plain, self.buf.filled()))?;
                 self.buf.consume(n);
@@ -141,6 +229,7 @@ impl FromTls {
                 Poll::Ready(Ok(n)) => self.buf.filled_by(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(End::Tls(e))),
                 Poll::Pending => {
+                    self.writing = false;
                     self.buf.release();
                     return Poll::Pending;
                 }
@@ -158,6 +247,8 @@ struct ToTls {
     marks: Option<RecordMarks>,
     read_done: bool,
     done: bool,
+    /// Pending on a write (not on a read).
+    writing: bool,
 }
 
 impl ToTls {
@@ -172,6 +263,7 @@ impl ToTls {
             return Poll::Ready(Ok(()));
         }
         loop {
+            self.writing = true;
             while !self.buf.is_empty() {
                 let n = ready!(link.poll_write(cx, self.buf.filled())).map_err(End::Tls)?;
                 self.buf.consume(n);
@@ -199,6 +291,7 @@ impl ToTls {
                 Poll::Pending => {
                     // The reader ran dry: send what is sealed.
                     ready!(link.poll_flush(cx)).map_err(End::Tls)?;
+                    self.writing = false;
                     self.buf.release();
                     return Poll::Pending;
                 }

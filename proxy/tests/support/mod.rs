@@ -10,6 +10,9 @@
 
 #![allow(dead_code, unused_imports)]
 
+#[cfg(target_os = "linux")]
+pub(crate) mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -78,7 +81,7 @@ impl Proc {
 
     /// Our binary with `args`.
     pub(crate) fn proxy(args: &[&str]) -> Self {
-        Self::spawn("nfs-tls-proxy", Command::new(env!("CARGO_BIN_EXE_nfs-tls-proxy")).args(args))
+        Self::spawn("nfs-tls-proxy", Command::new(proxy_bin()).args(args))
     }
 
     /// The child's stdin, if it was piped.
@@ -150,6 +153,12 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The binary under test: the one this build made, or `NFS_TLS_PROXY_BIN` (to take before/after
+/// figures of an older build with the same tests; it may not know the newer flags).
+pub(crate) fn proxy_bin() -> String {
+    std::env::var("NFS_TLS_PROXY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_nfs-tls-proxy").to_owned())
 }
 
 pub(crate) fn p(dir: &Path, name: &str) -> String {
