@@ -1,7 +1,11 @@
-//! Logs go to stderr through tracing, as text or JSON lines.
+//! Logs go to stderr through tracing, as logfmt text or JSON lines. Text lines are valid logfmt:
+//! `TIME LEVEL target: phrase key=value ...`, where every value with a space, a quote or an `=` is
+//! quoted (so `end="error: read: Connection reset by peer"` parses as one value).
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::format::debug_fn;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogArgs, LogFormat};
@@ -15,8 +19,63 @@ pub(crate) fn init(args: &LogArgs) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match args.log_format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .fmt_fields(
+                debug_fn(|w, field, value| {
+                    let text = format!("{value:?}");
+                    if field.name() == "message" {
+                        w.write_str(&text)
+                    } else {
+                        write!(w, "{}={}", field.name(), logfmt_value(&text))
+                    }
+                })
+                .delimited(" "),
+            )
+            .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     Ok(())
+}
+
+/// A value as logfmt wants it: bare when it is one token, else quoted with `"` and `\` escaped. A
+/// value tracing already quoted (a `&str` field, shown with Debug) is kept as it is.
+fn logfmt_value(text: &str) -> String {
+    let already_quoted = text.len() >= 2 && text.starts_with('"') && text.ends_with('"');
+    if already_quoted || (!text.is_empty() && !text.contains([' ', '"', '=', '\t', '\n'])) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logfmt_value;
+
+    #[test]
+    fn values_with_spaces_quotes_or_equals_are_quoted_and_tokens_are_not() {
+        for (raw, want) in [
+            ("closed", "closed"),
+            ("127.0.0.1:2049", "127.0.0.1:2049"),
+            ("error: read: Connection reset by peer", "\"error: read: Connection reset by peer\""),
+            ("a=b", "\"a=b\""),
+            ("say \"hi\"", "\"say \\\"hi\\\"\""),
+            ("\"already quoted\"", "\"already quoted\""),
+            ("", "\"\""),
+        ] {
+            assert_eq!(logfmt_value(raw), want, "{raw}");
+        }
+    }
 }

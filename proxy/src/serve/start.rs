@@ -49,8 +49,11 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<ServerMode>, S
         keepalive: c.keepalive,
         key_update_every: c.key_update_every,
     };
-    tracing::info!(backend = %cfg.backend, crl = ?cfg.crl, allow = ?cfg.allow.names().collect::<Vec<_>>(), "server ready");
     let running = super::start(mode, &cfg.listen, listen::Follow::Ownership, c).await?;
+    // Said once everything is bound, never before a bind fails.
+    let crl = cfg.crl.as_ref().map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+    let allow = cfg.allow.names().collect::<Vec<_>>().join(",");
+    tracing::info!(backend = %cfg.backend, %crl, allow = %if allow.is_empty() { "-" } else { &allow }, "server ready");
     ops::expiry::publish(&running.ctx.metrics, &c.tls, cfg.crl.as_deref());
     start_ops(&running, c.metrics).await?;
     Ok(running)
@@ -98,10 +101,7 @@ pub async fn start_client(cfg: &config::Client) -> Result<Running<ClientMode>, S
 }
 
 /// Installs the client's redirect table (replacing a stale one) and logs each rule.
-fn install_redirect(
-    table: &redirect::Table,
-    running: &Running<ClientMode>,
-) -> Result<(), redirect::RedirectError> {
+fn install_redirect(table: &redirect::Table, running: &Running<ClientMode>) -> Result<(), redirect::RedirectError> {
     table.install()?;
     for rule in &table.rules {
         running.ctx.metrics.set_redirect_in_place(&rule.from.to_string(), true);
@@ -110,16 +110,47 @@ fn install_redirect(
     Ok(())
 }
 
-/// Removes the redirect table when dropped: when the client stops, and also when the runtime ends
-/// with this task still running.
-struct RemoveOnDrop(redirect::Table);
+/// The installed redirect table. Checks and removal take turns under one lock, and once removed it is
+/// never put back, so a check that was running when the client stopped cannot re-create it.
+#[derive(Debug)]
+struct Installed {
+    table: redirect::Table,
+    live: std::sync::Mutex<bool>,
+}
+
+impl Installed {
+    /// Puts missing rules back; returns the ones that were missing.
+    fn restore(&self) -> Result<Vec<redirect::Rule>, redirect::RedirectError> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if !*live {
+            return Ok(Vec::new());
+        }
+        let missing = self.table.missing()?;
+        if !missing.is_empty() {
+            self.table.install()?;
+        }
+        Ok(missing)
+    }
+
+    fn remove(&self) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if !std::mem::replace(&mut *live, false) {
+            return;
+        }
+        match self.table.remove() {
+            Ok(()) => tracing::info!(table = %format!("inet {}", self.table.name), "redirect removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove the redirect"),
+        }
+    }
+}
+
+/// Removes the redirect table when dropped: when the client stops accepting, or when the runtime
+/// ends with the keeper still running.
+struct RemoveOnDrop(std::sync::Arc<Installed>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        match self.0.remove() {
-            Ok(()) => tracing::info!(table = %format!("inet {}", self.0.name), "redirect removed"),
-            Err(e) => tracing::warn!(error = %e, "cannot remove the redirect"),
-        }
+        self.0.remove();
     }
 }
 
@@ -131,7 +162,13 @@ async fn keep_redirect(
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let guard = RemoveOnDrop(table);
+    let installed = std::sync::Arc::new(Installed { table, live: std::sync::Mutex::new(true) });
+    let guard = RemoveOnDrop(installed.clone());
+    let in_place = |on: bool| {
+        for rule in &installed.table.rules {
+            ctx.metrics.set_redirect_in_place(&rule.from.to_string(), on);
+        }
+    };
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -139,39 +176,25 @@ async fn keep_redirect(
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let table = guard.0.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            let missing = table.missing()?;
-            if !missing.is_empty() {
-                table.install()?;
-            }
-            Ok::<_, redirect::RedirectError>(missing)
-        })
-        .await;
-        match checked {
-            Ok(Ok(missing)) if missing.is_empty() => {}
+        let checking = installed.clone();
+        match tokio::task::spawn_blocking(move || checking.restore()).await {
             Ok(Ok(missing)) => {
-                ctx.metrics.redirect_restored();
+                if !missing.is_empty() {
+                    ctx.metrics.redirect_restored();
+                }
                 for rule in &missing {
                     tracing::warn!(redirect = %rule.from, to = %rule.to, "redirect rule was missing (firewall reload?); put it back");
                 }
+                in_place(true);
             }
             Ok(Err(e)) => {
-                for rule in &guard.0.rules {
-                    ctx.metrics.set_redirect_in_place(&rule.from.to_string(), false);
-                }
+                in_place(false);
                 tracing::warn!(error = %e, "cannot check or restore the redirect");
-                continue;
             }
             Err(e) => tracing::warn!(error = %e, "redirect check did not finish"),
         }
-        for rule in &guard.0.rules {
-            ctx.metrics.set_redirect_in_place(&rule.from.to_string(), true);
-        }
     }
-    for rule in &guard.0.rules {
-        ctx.metrics.set_redirect_in_place(&rule.from.to_string(), false);
-    }
+    in_place(false);
     drop(guard);
 }
 

@@ -152,12 +152,21 @@ pub(crate) fn validate(
                     "chain",
                     format!("the certificate chains to the CA as a {} certificate", role.word()),
                 ),
-                Err(e) => f.problems.push(format!(
-                    "{}: not valid as a {} certificate under {} ({e})",
-                    files.cert.display(),
-                    role.word(),
-                    files.ca.display()
-                )),
+                Err(e) => {
+                    let line = format!(
+                        "{}: not valid as a {} certificate under {} ({e})",
+                        files.cert.display(),
+                        role.word(),
+                        files.ca.display()
+                    );
+                    // A server's clients trust this CA, so its certificate must chain to it. A
+                    // client's --ca is for checking the server; its own certificate may come from
+                    // another CA the server trusts, so that is only worth a warning.
+                    match role {
+                        Role::Server => f.problems.push(line),
+                        Role::Client => f.warnings.push(line),
+                    }
+                }
             }
         }
     }
