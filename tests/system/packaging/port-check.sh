@@ -41,14 +41,16 @@ case_="pkg-plist's man pages and completions are what nfs-tls-proxy manual write
 "$BIN" manual --out "$T/manual" >/dev/null 2>&1
 {
 	for f in "$T"/manual/man/*.1; do echo "share/man/man1/${f##*/}.gz"; done
-	echo share/bash-completion/completions/nfs-tls-proxy
-	echo share/zsh/site-functions/_nfs-tls-proxy
-	echo share/fish/vendor_completions.d/nfs-tls-proxy.fish
+	for b in nfs-tls-proxy ca-tool; do
+		echo "share/bash-completion/completions/$b"
+		echo "share/zsh/site-functions/_$b"
+		echo "share/fish/vendor_completions.d/$b.fish"
+	done
 } | sort >"$T/want"
 grep -E '^share/(man|bash-completion|zsh|fish)/' "$PORT/pkg-plist" | sort >"$T/have"
-ls "$T"/manual/completions/ | sort >"$T/completions"
+ls "$T"/manual/completions/ | LC_ALL=C sort >"$T/completions"
 if cmp -s "$T/want" "$T/have" &&
-	[ "$(tr '\n' ' ' <"$T/completions")" = "_nfs-tls-proxy nfs-tls-proxy.bash nfs-tls-proxy.fish " ]; then
+	[ "$(tr '\n' ' ' <"$T/completions")" = "_ca-tool _nfs-tls-proxy ca-tool.bash ca-tool.fish nfs-tls-proxy.bash nfs-tls-proxy.fish " ]; then
 	pass "$case_"
 else
 	fail "$case_" "$(diff "$T/have" "$T/want")" "completions written: $(tr '\n' ' ' <"$T/completions")"
