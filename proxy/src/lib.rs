@@ -10,7 +10,8 @@
 //! - [`tunnel`]: one connection from accept to its summary line: each mode's open(), splice, refusals
 //! - [`tls`]: certificate/key/CA/CRL loading, peer identity, the handshake and the record layer
 //! - [`config`]: flags and TOML resolved once into [`config::Server`] / [`config::Client`]
-//! - [`os`], [`rpc`], [`metrics`]: leaves (Linux/FreeBSD specifics, ONC RPC bits, Prometheus metrics)
+//! - [`os`], [`rpc`], [`metrics`], [`redirect`]: leaves (Linux/FreeBSD specifics, ONC RPC bits,
+//!   Prometheus metrics, the client's nftables redirect)
 
 pub mod app;
 mod cmd;
@@ -19,6 +20,7 @@ mod logging;
 mod metrics;
 mod ops;
 mod os;
+mod redirect;
 mod rpc;
 mod serve;
 mod tls;

@@ -48,6 +48,10 @@ fn client_args(dir: &std::path::Path) -> Vec<String> {
         &p(dir, "r0-stunnel.pem"),
         "--ca",
         &p(dir, "ca-cert.pem"),
+        // A connection made while no server owns the VIP is refused at once, not held (issue 20):
+        // these tests count backend connections per tunnel.
+        "--upstream-retry-for",
+        "0",
     ]
     .map(String::from)
     .to_vec()

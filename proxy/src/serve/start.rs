@@ -101,7 +101,10 @@ pub async fn start_client(cfg: &config::Client) -> Result<Running<ClientMode>, S
 }
 
 /// Installs the client's redirect table (replacing a stale one) and logs each rule.
-fn install_redirect(table: &redirect::Table, running: &Running<ClientMode>) -> Result<(), redirect::RedirectError> {
+fn install_redirect(
+    table: &redirect::Table,
+    running: &Running<ClientMode>,
+) -> Result<(), redirect::RedirectError> {
     table.install()?;
     for rule in &table.rules {
         running.ctx.metrics.set_redirect_in_place(&rule.from.to_string(), true);

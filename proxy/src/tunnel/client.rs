@@ -112,10 +112,12 @@ impl Mode for ClientMode {
                 Ok((mut link, addr)) => {
                     let who = peer_name(Some(link.peer_certificates()));
                     match rpc::nfs_null(&mut link, rpc::next_xid(), super::HEALTH_TIMEOUT).await {
-                        Ok(()) => return Ok(format!(
+                        Ok(()) => {
+                            return Ok(format!(
                             "TLS handshake with {} ({addr}, {who}) and an NFS NULL call answered through it",
                             upstream.endpoint
-                        )),
+                        ))
+                        }
                         Err(e) => problems.push(format!(
                             "{} ({addr}, {who}): {}",
                             upstream.endpoint,
@@ -131,6 +133,8 @@ impl Mode for ClientMode {
 }
 
 /// Sleeps `pause`, unless the local client hangs up first (then the connection is not held longer).
+/// A FIN behind a request already sent is not looked for: it may be a half-close (the client still
+/// waits for the answer, which the tunnel will carry), and reading would take the request.
 async fn wait_or_hangup(tcp: &TcpStream, pause: Duration) -> Result<(), RefuseReason> {
     let sleep = tokio::time::sleep(pause);
     tokio::pin!(sleep);
@@ -139,7 +143,7 @@ async fn wait_or_hangup(tcp: &TcpStream, pause: Duration) -> Result<(), RefuseRe
         _ = &mut sleep => return Ok(()),
         n = tcp.peek(&mut probe) => match n {
             Ok(0) | Err(_) => return Err(RefuseReason::ClosedEarly),
-            // The client sent its first request already: it stays queued until a server answers.
+            // A request is queued: it waits for a server, and peeking again would return at once.
             Ok(_) => {}
         },
     }

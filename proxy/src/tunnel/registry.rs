@@ -36,6 +36,8 @@ pub struct TunnelEntry {
     pub reported_up: AtomicU64,
     pub reported_down: AtomicU64,
     pub switch: Cut,
+    /// Client mode: where a redirected connection was going before NAT sent it to us.
+    pub original_dst: Option<SocketAddr>,
 }
 
 impl Counters {
@@ -75,6 +77,7 @@ impl Tunnels {
         identity: &str,
         peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
         transport: Transport,
+        original_dst: Option<SocketAddr>,
     ) -> Arc<TunnelEntry> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(TunnelEntry {
@@ -89,6 +92,7 @@ impl Tunnels {
             reported_up: AtomicU64::new(0),
             reported_down: AtomicU64::new(0),
             switch: Cut::default(),
+            original_dst,
         });
         self.lock().insert(id, entry.clone());
         entry

@@ -89,6 +89,7 @@ impl Mode for ServerMode {
             upstream,
             peer_cert,
             transport,
+            original_dst: None,
         })
     }
 
