@@ -25,7 +25,7 @@ fn key_that_does_not_match_the_certificate_is_refused() {
     args[8] = format!("{d}/r0-key.pem");
     fails_with(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        "r0-key.pem does not match the certificate",
+        "r0-key.pem: does not match the certificate",
     );
 }
 

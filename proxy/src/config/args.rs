@@ -283,7 +283,30 @@ fn file_to_args(
 ) -> Result<Vec<String>, ConfigError> {
     let err = |detail: String| ConfigError::File { path: path.to_owned(), detail };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(one_line(e.message())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e.span().map(|s| line_col(&text, s.start)).unwrap_or_default();
+        err(format!("{at}{}", one_line(e.message())))
+    })?;
+    // Every unknown key at once, each with its line, rather than one per attempt.
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|key| {
+            let flag = key.replace('_', "-");
+            flag == "config" || !sub.get_arguments().any(|a| a.get_long() == Some(flag.as_str()))
+        })
+        .map(|key| match key_line(&text, key) {
+            Some(line) => format!("{key:?} (line {line})"),
+            None => format!("{key:?}"),
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(err(format!(
+            "unknown key{} {} (keys are the long flag names of `nfs-tls-proxy {} --help`)",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join(", "),
+            sub.get_name()
+        )));
+    }
     let mut out = Vec::new();
     for (key, value) in &table {
         let flag = key.replace('_', "-");
@@ -318,6 +341,25 @@ fn file_to_args(
         }
     }
     Ok(out)
+}
+
+/// `line L, column C: ` of byte `offset` in `text` (1-based).
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: ")
+}
+
+/// The line on which top-level `key` is set.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            let rest = l.strip_prefix(key).or_else(|| l.strip_prefix(&format!("\"{key}\"")));
+            rest.is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 fn one_line(s: &str) -> String {

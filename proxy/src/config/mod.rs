@@ -360,11 +360,22 @@ impl Common {
     }
 }
 
+/// Refuses a listen address given twice (binding it twice would fail with "address in use").
+fn no_duplicates(listen: &[SocketAddr]) -> Result<(), ConfigError> {
+    for (i, a) in listen.iter().enumerate() {
+        if listen[..i].contains(a) {
+            return Err(ConfigError::Args(format!("--listen {a} is given twice")));
+        }
+    }
+    Ok(())
+}
+
 impl Server {
     pub fn resolve(args: &ServerArgs) -> Result<Self, ConfigError> {
         if args.listen.is_empty() {
             return Err(ConfigError::Missing("--listen"));
         }
+        no_duplicates(&args.listen)?;
         let backend = args.backend.clone().ok_or(ConfigError::Missing("--backend"))?;
         let common = Common::resolve(&args.common)?;
         let backend_source_port = args.backend_source_port.unwrap_or_default();
@@ -407,6 +418,7 @@ impl Client {
         } else {
             args.listen.clone()
         };
+        no_duplicates(&listen)?;
         let servers = args
             .server
             .iter()
@@ -498,6 +510,9 @@ impl Client {
             ("listen", d(&self.listen), d(&new.listen)),
             ("server", d(&self.servers), d(&new.servers)),
             ("upstream-protocol", d(&self.upstream_protocol), d(&new.upstream_protocol)),
+            ("upstream-source-port", d(&self.upstream_source_port), d(&new.upstream_source_port)),
+            ("upstream-retry-for", d(&self.upstream_retry_for), d(&new.upstream_retry_for)),
+            ("redirect", d(&self.redirect), d(&new.redirect)),
         ];
         pairs.extend(common_pairs(&self.common, &new.common));
         restart_keys(&pairs)

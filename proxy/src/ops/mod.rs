@@ -30,10 +30,10 @@ const MAX_REQUESTS: usize = 32;
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("--metrics {addr}: cannot bind: {source}")]
+#[error("--metrics {addr}: cannot bind: {error}")]
 pub struct OpsError {
     pub addr: SocketAddr,
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 /// Binds `addr` and serves until `stop`; returns the bound address.
@@ -42,8 +42,8 @@ pub(crate) async fn start<M: Mode>(
     ctx: Arc<Ctx<M>>,
     stop: CancellationToken,
 ) -> Result<SocketAddr, OpsError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| OpsError { addr, source })?;
-    let local = listener.local_addr().map_err(|source| OpsError { addr, source })?;
+    let listener = TcpListener::bind(addr).await.map_err(|error| OpsError { addr, error })?;
+    let local = listener.local_addr().map_err(|error| OpsError { addr, error })?;
     tracing::info!(metrics = %local, "serving /metrics, /healthz and /tunnels");
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS));
     tokio::spawn(async move {

@@ -37,10 +37,10 @@ pub struct Running<M> {
 /// Why the proxy could not start listening.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("--listen {addr}: cannot bind: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("--listen {addr}: cannot tell whether this host owns the address: {source}")]
-    Ownership { addr: SocketAddr, source: std::io::Error },
+    #[error("--listen {addr}: cannot bind: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
+    #[error("--listen {addr}: cannot tell whether this host owns the address: {error}")]
+    Ownership { addr: SocketAddr, error: std::io::Error },
 }
 
 /// What every accept loop shares.
@@ -91,14 +91,14 @@ pub(crate) async fn start<M: Mode>(
     for &addr in listen {
         let followed = follow == listen::Follow::Ownership && crate::os::is_followed(addr);
         let owned = if followed {
-            crate::os::owns_address(addr.ip()).map_err(|source| ListenError::Ownership { addr, source })?
+            crate::os::owns_address(addr.ip()).map_err(|error| ListenError::Ownership { addr, error })?
         } else {
             true
         };
         let listener = if owned {
             Some(
                 listen::bind(addr, limits.listen_backlog)
-                    .map_err(|source| ListenError::Bind { addr, source })?,
+                    .map_err(|error| ListenError::Bind { addr, error })?,
             )
         } else {
             None

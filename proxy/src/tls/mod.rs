@@ -37,8 +37,8 @@ pub enum TlsError {
          (or pass --insecure-key-permissions)"
     )]
     KeyPermissions { path: PathBuf, mode: u32 },
-    #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: contains no private key; pass --key")]
     NoKey { path: PathBuf },
     #[error("{key} does not match the certificate in {cert} ({detail})")]

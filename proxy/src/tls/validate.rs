@@ -290,9 +290,9 @@ fn key(
         Ok(()) => true,
         // rustls cannot compare this key type: the handshake will tell.
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => true,
-        Err(e) => {
+        Err(_) => {
             f.problems.push(format!(
-                "{}: does not match the certificate in {} ({e})",
+                "{}: does not match the certificate in {} (it is the key of another certificate)",
                 path.display(),
                 files.cert.display()
             ));

@@ -207,7 +207,7 @@ RUN=$ROOT/var/run
 expect_daemon()
 {
 	# $1 instance, $2 mode, $3 extra proxy flags
-	echo "daemon -S -T $1 -R 5 -P $RUN/$1.pid -p $RUN/$1.child.pid $BIN $2 --config $ETC/$2.toml --user nfs-tls-proxy${3:+ $3}"
+	echo "daemon -S -T $1 -R 5 -P $RUN/$1.pid -p $RUN/$1.child.pid $BIN $2 --config $ETC/$2.toml --pid-file $RUN/$1.child.pid --user nfs-tls-proxy${3:+ $3}"
 }
 
 [ "$(readlink -f /bin/sh)" = "$(command -v dash 2>/dev/null)" ] &&
@@ -239,7 +239,7 @@ out=$(service nfs_tls_proxy start)
 want=$(expect_daemon nfs_tls_proxy server "--log-level debug")
 first=$(head -n 2 "$LOG")
 if has_line "$want" && [ "$first" = "nfs-tls-proxy check --mode server --config $ETC/server.toml
-$want" ] && wait_log "nfs-tls-proxy server --config $ETC/server.toml --user nfs-tls-proxy --log-level debug"; then
+$want" ] && wait_log "nfs-tls-proxy server --config $ETC/server.toml --pid-file $RUN/nfs_tls_proxy.child.pid --user nfs-tls-proxy --log-level debug"; then
 	pass "$case_"
 else
 	fail "$case_" "output: $out" "log: $(cat "$LOG")" "wanted: $want"
@@ -425,7 +425,7 @@ reset
 rc_conf 'nfs_tls_proxy_enable="YES"' 'nfs_tls_proxy_runas=""' 'nfs_tls_proxy_mode="client"'
 case_="nfs_tls_proxy_runas=\"\" and _mode=client: no --user, client.toml"
 service nfs_tls_proxy start >/dev/null
-want="daemon -S -T nfs_tls_proxy -R 5 -P $RUN/nfs_tls_proxy.pid -p $RUN/nfs_tls_proxy.child.pid $BIN client --config $ETC/client.toml"
+want="daemon -S -T nfs_tls_proxy -R 5 -P $RUN/nfs_tls_proxy.pid -p $RUN/nfs_tls_proxy.child.pid $BIN client --config $ETC/client.toml --pid-file $RUN/nfs_tls_proxy.child.pid"
 if has_line "$want"; then pass "$case_"; else fail "$case_" "log: $(cat "$LOG")" "wanted: $want"; fi
 reset
 
