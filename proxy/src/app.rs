@@ -218,6 +218,7 @@ async fn serve_until_signal<M: Mode>(
     }
     watch.check_expiry(&running.ctx.metrics);
     running.ctx.metrics.loaded(false, true, time::OffsetDateTime::now_utc().unix_timestamp());
+    tracing::info!(pid = std::process::id(), "ready: SIGHUP reloads, SIGTERM drains and stops");
     if let Err(e) = crate::os::sd_notify("READY=1") {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }

@@ -187,6 +187,42 @@ pub(crate) fn sd_notify(state: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// A listening socket handed over by systemd socket activation (sd_listen_fds(3): `LISTEN_PID` is
+/// us, `LISTEN_FDS` sockets from fd 3), taken for `addr`. systemd keeps its own copy open, so while
+/// the service restarts new connections wait in the kernel's queue instead of being refused.
+pub(crate) fn activated_listener(addr: std::net::SocketAddr) -> Option<std::net::TcpListener> {
+    use std::sync::{Mutex, OnceLock};
+    static SOCKETS: OnceLock<Mutex<Vec<std::net::TcpListener>>> = OnceLock::new();
+    let sockets = SOCKETS.get_or_init(|| Mutex::new(inherited_listeners()));
+    let mut sockets = sockets.lock().unwrap_or_else(|p| p.into_inner());
+    let at = sockets.iter().position(|l| l.local_addr().is_ok_and(|a| a == addr))?;
+    Some(sockets.swap_remove(at))
+}
+
+/// The TCP listening sockets systemd passed to this process (none when not socket-activated).
+fn inherited_listeners() -> Vec<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    const SD_LISTEN_FDS_START: i32 = 3;
+    let ours =
+        std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    if !ours || !(1..=64).contains(&count) {
+        return Vec::new();
+    }
+    (SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count)
+        .filter(|&fd| {
+            // Only listening TCP sockets: anything else systemd passed is left alone.
+            // SAFETY: fds from LISTEN_FDS are open for the life of the process (sd_listen_fds(3)).
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let sock = socket2::SockRef::from(&borrowed);
+            sock.is_listener().unwrap_or(false) && sock.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
+        })
+        // SAFETY: the fd was passed to us by systemd for exactly this (LISTEN_PID is us), is a
+        // listening stream socket (checked above), and is owned by nothing else in this process.
+        .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
+        .collect()
+}
+
 /// CLOCK_MONOTONIC in microseconds, for sd_notify's `MONOTONIC_USEC` with `RELOADING=1`.
 pub(crate) fn monotonic_usec() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)

@@ -18,6 +18,14 @@ pub(crate) const ADDRESS_POLL: Duration = Duration::from_millis(500);
 /// and the address it got (the port, if 0 was asked for).
 pub(crate) fn bind(addr: SocketAddr, backlog: Option<u32>) -> std::io::Result<(TcpListener, SocketAddr)> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if let Some(inherited) = crate::os::activated_listener(addr) {
+        // systemd socket activation: its socket, its backlog (ListenStream's Backlog=).
+        inherited.set_nonblocking(true)?;
+        tracing::info!(listen = %addr, "using the listening socket systemd passed (socket activation)");
+        let listener = TcpListener::from_std(inherited)?;
+        let local = listener.local_addr()?;
+        return Ok((listener, local));
+    }
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // As tokio's and std's bind do: a restarted proxy may bind while old connections linger.
     socket.set_reuse_address(true)?;
