@@ -105,7 +105,11 @@ fn metrics_and_tunnels_move_with_traffic_and_refusals() {
     drop(open);
     server.wait_line(&["tunnel closed", "identity=r0"]);
     let (_, m) = get(ops, "/metrics");
-    assert_eq!(sample(&m, "nfs_tls_proxy_refusals_total{reason=\"not-tls\",identity=\"-\"}"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(&m, "nfs_tls_proxy_refusals_total{reason=\"not-tls\",identity=\"-\"}"),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(sample(&m, "nfs_tls_proxy_tunnels_open{identity=\"r0\",transport=\"tls\"}"), Some(0.0), "{m}");
     assert_eq!(
         sample(&m, "nfs_tls_proxy_bytes_total{identity=\"r0\",direction=\"up\"}"),
