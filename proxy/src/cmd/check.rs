@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use ca_tool::inspect::{format_time, CrlInfo};
 use time::OffsetDateTime;
 
 use crate::config::{self, CheckMode, Command};
@@ -111,8 +112,9 @@ fn check_server(r: &mut Report, cfg: &config::Server) {
             r.problems.push(e.to_string());
         }
     }
-    if cfg.crl.is_none() {
-        r.warnings.push("no --crl: a certificate can only be withdrawn by replacing the CA".into());
+    match cfg.crl.as_deref() {
+        Some(crl) => crl_behind_ca(r, crl, &c.tls.ca),
+        None => r.warnings.push("no --crl: a certificate can only be withdrawn by replacing the CA".into()),
     }
     let names: Vec<&str> = cfg.allow.names().collect();
     if names.is_empty() {
@@ -124,6 +126,46 @@ fn check_server(r: &mut Report, cfg: &config::Server) {
         r.line("allow-cn", names.join(", "));
     }
     backend_exposed(r, cfg);
+}
+
+/// Warns when the CRL is older than the one the CA last signed (`crl_signed_at` in ca-tool's
+/// index.toml), i.e. a `ca-tool revoke` or `ca-tool crl` was not copied here. A storage host usually
+/// has no CA directory, so it is looked for only where the docs put it: the directory of `--ca`
+/// itself, or its `ca/` subdirectory (f0: `ca-tool import --dir /usr/local/etc/nfs-tls-proxy/ca`
+/// next to `ca = "/usr/local/etc/nfs-tls-proxy/ca-cert.pem"`); without it nothing is compared.
+fn crl_behind_ca(r: &mut Report, crl: &Path, ca: &Path) {
+    use ca_tool::index::Index;
+    let parent = ca.parent().unwrap_or(Path::new(""));
+    let Some(dir) = [parent.to_path_buf(), parent.join("ca")].into_iter().find(|d| Index::path(d).is_file())
+    else {
+        return;
+    };
+    let index = match Index::load(&dir) {
+        Ok(index) => index,
+        Err(e) => return r.warnings.push(format!("{e}: the CRL's age was not compared with the CA's")),
+    };
+    let Some(signed_at) = index.crl_signed_at else { return };
+    // The CRL number says it exactly; thisUpdate only to the second (a CRL without a number).
+    let behind = |i: &CrlInfo| match i.crl_number.as_deref().and_then(|n| n.parse::<u64>().ok()) {
+        Some(number) => number < index.crl_number,
+        None => i.this_update < signed_at,
+    };
+    // An unreadable or empty CRL is already a problem reported by the validation.
+    let ders = ca_tool::pem::load_crls(crl).unwrap_or_default();
+    let newest = ders.iter().filter_map(|der| CrlInfo::parse(der).ok()).max_by_key(|i| i.this_update);
+    if let Some(old) = newest.filter(behind) {
+        r.warnings.push(format!(
+            "{}: CRL number {} signed {}, but the CA ({}) signed number {} at {}: copy {} to this host \
+             (and the other storage host) and reload, or the revocations since are not enforced here",
+            crl.display(),
+            old.crl_number.as_deref().unwrap_or("-"),
+            format_time(old.this_update),
+            Index::path(&dir).display(),
+            index.crl_number,
+            format_time(signed_at),
+            dir.join("crl.pem").display(),
+        ));
+    }
 }
 
 /// Warns when the backend is on loopback but its port also answers on one of this host's other

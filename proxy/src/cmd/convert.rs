@@ -101,6 +101,10 @@ struct Translation {
     warnings: Vec<String>,
     has_allow: bool,
     verify_seen: Option<usize>,
+    /// The `verify` level given (stunnel's default is 0: no verification at all).
+    verify_level: Option<String>,
+    /// A client's `connect` lines: each host becomes a name the server certificate must carry.
+    connects: Vec<Opt>,
 }
 
 fn quote(s: &str) -> String {
@@ -144,6 +148,7 @@ impl Translation {
             "connect" => {
                 if client {
                     self.push("server", &o.value, o);
+                    self.connects.push(o.clone());
                 } else if self.keys.iter().any(|(k, _, _)| k == "backend") {
                     return Err("a second connect: the server forwards to one backend".into());
                 } else {
@@ -161,12 +166,18 @@ impl Translation {
                 return Err(format!("{}: hashed certificate directories are not supported; give one PEM file", o.key))
             }
             "verify" => match o.value.as_str() {
+                "2" if client => {
+                    self.verify_seen = Some(o.line);
+                    self.verify_level = Some(o.value.clone());
+                    self.note(o, "nfs-tls-proxy always verifies the server's chain, and its name too");
+                }
                 "2" => {
                     self.verify_seen = Some(o.line);
                     self.note(o, "nfs-tls-proxy always verifies the peer's chain");
                 }
                 "0" | "1" => {
                     self.verify_seen = Some(o.line);
+                    self.verify_level = Some(o.value.clone());
                     self.warn(o, "stunnel did not require a verified peer certificate here; nfs-tls-proxy always does".into());
                 }
                 "3" | "4" => return Err(format!("verify = {}: pinning certificates is not supported; use allow-cn", o.value)),
@@ -180,7 +191,7 @@ impl Translation {
             "verifyPeer" => self.note(o, "off, as here"),
             "requireCert" if yes() => self.note(o, "always on: a client without a certificate is refused"),
             "requireCert" => self.warn(o, "stunnel admitted clients without a certificate; nfs-tls-proxy never does".into()),
-            "checkHost" if client => self.set("server-name", quote(&o.value), o),
+            "checkHost" | "checkIP" if client => self.set("server-name", quote(&o.value), o),
             "checkHost" => {
                 self.has_allow = true;
                 self.push("allow-cn", &o.value, o);
@@ -234,6 +245,13 @@ impl Translation {
                 "{line}no checkHost/allow-list: any certificate the CA ever signed is admitted (stunnel's verify = 2); add allow-cn = [\"r0\", ...]"
             ));
         }
+        if client && !self.keys.iter().any(|(k, _, _)| k == "server-name") {
+            let verify = self.verify_level.clone().unwrap_or_else(|| "0".into());
+            for o in std::mem::take(&mut self.connects) {
+                let host = connect_host(&o.value);
+                self.warn(&o, name_check_warning(&host, &verify));
+            }
+        }
         let mode = if client { "client" } else { "server" };
         let mut out = String::new();
         let _ = writeln!(
@@ -260,6 +278,31 @@ impl Translation {
         }
         Converted { toml: out, warnings: self.warnings }
     }
+}
+
+/// The host of a `connect` value (`host:port`, `[v6]:port`, `v6:port`), as the client's server name.
+fn connect_host(v: &str) -> String {
+    if let Ok(addr) = v.parse::<std::net::SocketAddr>() {
+        return addr.ip().to_string();
+    }
+    let host = v.rsplit_once(':').map_or(v, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']').to_owned()
+}
+
+/// The name check a client adds where stunnel had none: what the server certificate must carry, and
+/// how to see and fix it. stunnel's `verify = 2` checks the chain only; `checkHost`/`checkIP` would
+/// have checked a name. The blog's `openssl x509 -req` server certificates have no SANs at all.
+fn name_check_warning(host: &str, verify: &str) -> String {
+    let (san, flag) = match host.parse::<std::net::IpAddr>() {
+        Ok(_) => (format!("an IP subjectAltName {host} (IP:{host})"), format!("--ip {host}")),
+        Err(_) => (format!("a DNS subjectAltName {host} (DNS:{host})"), format!("--dns {host}")),
+    };
+    format!(
+        "nfs-tls-proxy checks the server's name, which stunnel (verify = {verify}, no checkHost/checkIP) did not: \
+         the server certificate must carry {san}, or set server-name to a name it carries; \
+         see its names with `ca-tool show SERVER-cert.pem`, and re-issue it under the same CA after `ca-tool import`: \
+         `ca-tool issue SERVER --server {flag} --combined` (SERVER: its name in the CA, e.g. f3s-storage-ha)"
+    )
 }
 
 /// stunnel's `accept`: a port (all addresses), `host:port`, or `*:port`.
@@ -326,6 +369,57 @@ connect = 192.168.1.138:2323
         assert_eq!(table["listen"].as_array().and_then(|a| a[0].as_str()), Some("127.0.0.1:2323"));
         assert!(out.toml.contains("nfs-tls-proxy client --config"), "{}", out.toml);
         assert!(!out.warnings.iter().any(|w| w.contains("ever signed")), "clients have no allow-list");
+    }
+
+    #[test]
+    fn a_client_warns_that_it_adds_a_name_check_stunnels_verify_2_never_made() {
+        let out = convert(F3S_CLIENT, Path::new("stunnel.conf"), None).expect("converts");
+        let warning = out.warnings.iter().find(|w| w.contains("checks the server's name")).expect("warned");
+        assert!(warning.starts_with("line 8: connect = 192.168.1.138:2323:"), "{warning}");
+        assert!(warning.contains("verify = 2") && !warning.contains("  "), "{warning}");
+        assert!(warning.contains("IP subjectAltName 192.168.1.138 (IP:192.168.1.138)"), "{warning}");
+        assert!(warning.contains("`ca-tool show SERVER-cert.pem`"), "{warning}");
+        assert!(warning.contains("after `ca-tool import`"), "{warning}");
+        assert!(
+            warning.contains("`ca-tool issue SERVER --server --ip 192.168.1.138 --combined`"),
+            "{warning}"
+        );
+        // In the file too, as one comment line, so the TOML still parses.
+        assert!(out
+            .toml
+            .lines()
+            .any(|l| l.starts_with("# WARNING line 8:") && l.contains("IP:192.168.1.138")));
+        assert!(out.toml.parse::<toml::Table>().is_ok(), "{}", out.toml);
+    }
+
+    #[test]
+    fn a_dns_connect_host_needs_a_dns_san_and_each_connect_line_is_named() {
+        let text = "client = yes\nverify = 2\n[nfs]\naccept = 127.0.0.1:2323\nconnect = f3s-storage-ha:2323\nconnect = [fd00::138]:2323\n";
+        let out = convert(text, Path::new("s.conf"), None).expect("converts");
+        let names: Vec<&String> =
+            out.warnings.iter().filter(|w| w.contains("checks the server's name")).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].contains("DNS subjectAltName f3s-storage-ha (DNS:f3s-storage-ha)"), "{}", names[0]);
+        assert!(names[0].contains("--server --dns f3s-storage-ha"), "{}", names[0]);
+        assert!(names[1].contains("IP:fd00::138") && names[1].contains("--ip fd00::138"), "{}", names[1]);
+    }
+
+    #[test]
+    fn a_client_with_check_host_or_check_ip_keeps_stunnels_name_check_without_a_warning() {
+        for check in ["checkHost = f3s-storage-ha", "checkIP = 192.168.1.138"] {
+            let text = format!("{F3S_CLIENT}{check}\n");
+            let out = convert(&text, Path::new("s.conf"), None).expect("converts");
+            assert!(!out.warnings.iter().any(|w| w.contains("checks the server's name")), "{check}: {out:?}");
+            let table: toml::Table = out.toml.parse().expect("valid TOML");
+            let want = check.split(" = ").nth(1);
+            assert_eq!(table["server-name"].as_str(), want, "{check}");
+        }
+    }
+
+    #[test]
+    fn a_server_adds_no_name_check_warning() {
+        let out = convert(F3S_SERVER, Path::new("stunnel.conf"), None).expect("converts");
+        assert!(!out.warnings.iter().any(|w| w.contains("checks the server's name")), "{out:?}");
     }
 
     #[test]
