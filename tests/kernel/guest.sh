@@ -569,7 +569,11 @@ main() {
     mkdir -p "$OUT"
     : >"$OUT/summary"
     echo "guest: kernel $(uname -r), $(nproc) CPUs, booted in $(cut -d' ' -f1 /proc/uptime) s"
-    setup_system >"$OUT/setup.log" 2>&1 || { echo "FAIL setup: $(tail -1 "$OUT/setup.log")" | tee -a "$OUT/summary"; return; }
+    if ! (setup_system) >"$OUT/setup.log" 2>&1; then
+        echo "FAIL setup: $(tail -1 "$OUT/setup.log")" | tee -a "$OUT/summary"
+        echo "guest: done" >>"$OUT/summary"
+        return
+    fi
     local only=() plan=() s
     [[ -s $T/only ]] && read -ra only <"$T/only"
     for s in "${SCENARIOS[@]}"; do
