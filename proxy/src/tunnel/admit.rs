@@ -8,8 +8,9 @@
 //! source address holding the most slots is dropped to make room (an address is an IPv4 address or
 //! an IPv6 /64). So one address flooding the port evicts its own connections, and a peer from
 //! another address always finds room. A connection is only evicted by its own address's newcomers
-//! once it has had a fair chance to finish: a few times as long as handshakes take right now (at
-//! least [`MIN_CHANCE`]). Until then the accept loop waits, leaving newcomers in the kernel's
+//! once it has had a fair chance to finish: a few times as long as the slowest recent handshakes
+//! took (at least [`MIN_CHANCE`]). A flood never completes a handshake, so under a flood the chance
+//! stays short; under a burst of real clients that slows every handshake down, it grows with them. Until then the accept loop waits, leaving newcomers in the kernel's
 //! listen queue: a burst of real clients from one address is slowed down, never cut.
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +26,7 @@ use super::refuse::RefuseReason;
 
 /// The least time a handshake is given before a newcomer from its own address may evict it.
 const MIN_CHANCE: Duration = Duration::from_millis(250);
-/// A handshake's chance, in multiples of how long handshakes take now (a moving average).
+/// A handshake's chance, in multiples of how long the slowest recent handshakes took.
 const CHANCE_FACTOR: u32 = 4;
 
 /// The handshake budget and the tunnel permits of one running proxy.
@@ -33,7 +34,7 @@ const CHANCE_FACTOR: u32 = 4;
 pub(crate) struct Budget {
     max_handshakes: usize,
     tunnels: Arc<Semaphore>,
-    /// The most a handshake's chance grows to (half the handshake deadline).
+    /// The most a handshake's chance grows to (three quarters of the handshake deadline).
     max_chance: Duration,
     state: Mutex<State>,
     /// A slot was given back.
@@ -46,7 +47,7 @@ struct State {
     /// Handshakes in progress by source, each source's oldest first (ids grow with time).
     by_source: HashMap<Source, BTreeMap<u64, Slot>>,
     count: usize,
-    /// Moving average of how long completed handshakes took.
+    /// How long the slowest recent handshakes took: a peak that decays by 1/16 per completion.
     typical: Option<Duration>,
 }
 
@@ -86,7 +87,7 @@ impl Budget {
         Self {
             max_handshakes: max_handshakes.max(1) as usize,
             tunnels: Arc::new(Semaphore::new(max_connections as usize)),
-            max_chance: (handshake_timeout / 2).max(MIN_CHANCE),
+            max_chance: (handshake_timeout * 3 / 4).max(MIN_CHANCE),
             state: Mutex::default(),
             freed: Notify::new(),
         }
@@ -198,10 +199,9 @@ impl Budget {
             }
         }
         if let Some(took) = completed {
-            // An exponential moving average over roughly the last 16 handshakes.
             state.typical = Some(match state.typical {
                 None => took,
-                Some(t) => (t * 15 + took) / 16,
+                Some(t) => (t - t / 16).max(took),
             });
         }
         self.freed.notify_one();
