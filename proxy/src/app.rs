@@ -151,18 +151,13 @@ struct Watch {
     drain: Duration,
     reload_every: Option<Duration>,
     privileges: Option<Privileges>,
-    /// `--pid-file`: the pid, and each reload's outcome next to it.
+    /// `--pid-file`: where the pid goes, and each reload's outcome next to it.
+    pid_file: Option<PathBuf>,
     status: Option<StatusFile>,
 }
 
 impl Watch {
-    /// Writes the pid file (before privileges are dropped; it is handed to the user run as).
     fn new(common: &config::Common, crl: Option<PathBuf>, material: Material) -> anyhow::Result<Self> {
-        let owner = common.privileges.as_ref().map(|p| (p.uid, p.gid));
-        let status = match &common.pid_file {
-            Some(path) => Some(StatusFile::create(path, owner)?),
-            None => None,
-        };
         Ok(Self {
             tls: common.tls.clone(),
             crl,
@@ -170,7 +165,8 @@ impl Watch {
             drain: common.drain_timeout,
             reload_every: common.reload_every,
             privileges: common.privileges.clone(),
-            status,
+            pid_file: common.pid_file.clone(),
+            status: None,
         })
     }
 
@@ -211,6 +207,12 @@ async fn serve_until_signal<M: Mode>(
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    // The pid file only once SIGHUP is ours (a `reload` that reads it may signal at once), and
+    // before the privilege drop (its outcome file is handed to the user run as).
+    if let Some(path) = &watch.pid_file {
+        let owner = watch.privileges.as_ref().map(|p| (p.uid, p.gid));
+        watch.status = Some(StatusFile::create(path, owner)?);
+    }
     if let Some(p) = &watch.privileges {
         p.drop_to()
             .with_context(|| format!("cannot switch to user {} (uid {}, gid {})", p.user, p.uid, p.gid))?;

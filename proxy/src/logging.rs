@@ -37,11 +37,15 @@ pub(crate) fn init(args: &LogArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// A value as logfmt wants it: bare when it is one token, else quoted with `"` and `\` escaped. A
-/// value tracing already quoted (a `&str` field, shown with Debug) is kept as it is.
+/// A value as logfmt wants it: bare when it is one plain token, else quoted with `"`, `\\` and
+/// control characters escaped. A value tracing already quoted (a `&str` field, shown with Debug, so
+/// every inner quote escaped) is kept as it is; anything else that merely looks quoted (a Display
+/// value such as a certificate's CN `"x" reason="accepted"`) is quoted again, so a peer cannot forge
+/// fields.
 fn logfmt_value(text: &str) -> String {
-    let already_quoted = text.len() >= 2 && text.starts_with('"') && text.ends_with('"');
-    if already_quoted || (!text.is_empty() && !text.contains([' ', '"', '=', '\t', '\n'])) {
+    if is_escaped_string(text)
+        || (!text.is_empty() && text.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '='))
+    {
         return text.to_owned();
     }
     let mut out = String::with_capacity(text.len() + 2);
@@ -53,11 +57,31 @@ fn logfmt_value(text: &str) -> String {
                 out.push(c);
             }
             '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
     }
     out.push('"');
     out
+}
+
+/// Whether `text` is one quoted string whose inner quotes and backslashes are all escaped (what
+/// Debug makes of a `&str`), and holds no raw control character.
+fn is_escaped_string(text: &str) -> bool {
+    let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else { return false };
+    let mut escaped = false;
+    for c in inner.chars() {
+        if c.is_control() {
+            return false;
+        }
+        match (escaped, c) {
+            (false, '\\') => escaped = true,
+            (false, '"') => return false,
+            _ => escaped = false,
+        }
+    }
+    !escaped
 }
 
 #[cfg(test)]
@@ -73,6 +97,10 @@ mod tests {
             ("a=b", "\"a=b\""),
             ("say \"hi\"", "\"say \\\"hi\\\"\""),
             ("\"already quoted\"", "\"already quoted\""),
+            ("\"with \\\"escaped\\\" quotes\"", "\"with \\\"escaped\\\" quotes\""),
+            // A certificate CN that tries to forge a field is quoted and escaped.
+            ("\"x\" reason=\"accepted\"", "\"\\\"x\\\" reason=\\\"accepted\\\"\""),
+            ("a\rb", "\"a\\rb\""),
             ("", "\"\""),
         ] {
             assert_eq!(logfmt_value(raw), want, "{raw}");

@@ -194,9 +194,10 @@ pub(crate) fn activated_listener(addr: std::net::SocketAddr) -> Option<std::net:
     use std::sync::{Mutex, OnceLock};
     static SOCKETS: OnceLock<Mutex<Vec<std::net::TcpListener>>> = OnceLock::new();
     let sockets = SOCKETS.get_or_init(|| Mutex::new(inherited_listeners()));
-    let mut sockets = sockets.lock().unwrap_or_else(|p| p.into_inner());
-    let at = sockets.iter().position(|l| l.local_addr().is_ok_and(|a| a == addr))?;
-    Some(sockets.swap_remove(at))
+    let sockets = sockets.lock().unwrap_or_else(|p| p.into_inner());
+    // A copy: the original stays here, so a listener dropped later (a VIP lost) can be taken again.
+    let found = sockets.iter().find(|l| l.local_addr().is_ok_and(|a| a == addr))?;
+    found.try_clone().ok()
 }
 
 /// The TCP listening sockets systemd passed to this process (none when not socket-activated).
@@ -220,6 +221,10 @@ fn inherited_listeners() -> Vec<std::net::TcpListener> {
         // SAFETY: the fd was passed to us by systemd for exactly this (LISTEN_PID is us), is a
         // listening stream socket (checked above), and is owned by nothing else in this process.
         .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
+        .inspect(|l| {
+            // Not inherited further (e.g. by the `nft` the redirect runs), as sd_listen_fds(3) does.
+            let _ = nix::fcntl::fcntl(l, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        })
         .collect()
 }
 

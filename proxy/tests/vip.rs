@@ -127,7 +127,7 @@ fn a_server_stands_by_for_an_absent_address_binds_when_it_appears_and_lets_go_wh
         server.log()
     );
     server.wait_line(&["address lost", "tunnels_cut=1"]);
-    server.wait_line(&["tunnel closed", "end=cut: address 192.0.2.100 lost"]);
+    server.wait_line(&["tunnel closed", "end=\"cut: address 192.0.2.100 lost\""]);
     assert!(round_trip(&ns, b"gone").is_none(), "no tunnel while the address is away");
 
     ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);

@@ -492,8 +492,8 @@ key_limit_evidence() {
     first_rpc_error=$(kernel_log_since_start | grep -m1 -o 'RPC call returned error [0-9-]*')
     decrypt=$(($(tls_stat TlsDecryptError) - KEY_LIMIT_DECRYPT0))
     tunnels=$(grep -c 'tunnel closed' "$log")
-    broken=$(grep 'tunnel closed' "$log" | grep -c 'end=error')
-    first_broken=$(grep 'tunnel closed' "$log" | grep -m1 -o 'end=error.*')
+    broken=$(grep 'tunnel closed' "$log" | grep -c 'end="\?error')
+    first_broken=$(grep 'tunnel closed' "$log" | grep -m1 -o 'end="\?error.*')
     echo "kernel: $rpc_errors RPC errors${first_rpc_error:+ ($first_rpc_error)}, TlsDecryptError +$decrypt;" \
         "$tunnels tunnels, $broken ended with an error${first_broken:+ ($first_broken)}"
 }

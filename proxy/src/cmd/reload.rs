@@ -45,10 +45,10 @@ impl StatusFile {
         let status = status_path(pid_file);
         std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|e| err(pid_file, e))?;
         std::fs::write(&status, "0 started\n").map_err(|e| err(&status, e))?;
+        // Only the outcome file goes to the user run as; the pid file stays root's, so that user
+        // cannot point a root `reload` at another process.
         if let Some((uid, gid)) = owner {
-            for path in [pid_file, status.as_path()] {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| err(path, e))?;
-            }
+            std::os::unix::fs::chown(&status, Some(uid), Some(gid)).map_err(|e| err(&status, e))?;
         }
         Ok(Self { pid_file: pid_file.to_owned(), status, generation: 0 })
     }
@@ -92,12 +92,22 @@ fn read_status(path: &Path) -> Result<Option<(u64, String)>, ReloadError> {
 pub(crate) async fn run(pid_file: &Path, timeout: Duration) -> Result<String, ReloadError> {
     let text = std::fs::read_to_string(pid_file)
         .map_err(|e| ReloadError::File { path: pid_file.to_owned(), detail: e.to_string() })?;
-    let pid: i32 = text.trim().parse().map_err(|_| ReloadError::File {
+    // Never 0, -1 or 1: kill(2) would signal a process group, every process, or init.
+    let pid: i32 = text.trim().parse().ok().filter(|&p: &i32| p > 1).ok_or_else(|| ReloadError::File {
         path: pid_file.to_owned(),
         detail: format!("{:?} is not a process id", text.trim()),
     })?;
     let status = status_path(pid_file);
-    let before = read_status(&status)?.map(|(g, _)| g).unwrap_or(0);
+    // A record being written at this moment reads as incomplete: look again briefly.
+    let mut before = None;
+    for _ in 0..20 {
+        before = read_status(&status)?.map(|(g, _)| g);
+        if before.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = before.unwrap_or(0);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP)
         .map_err(|e| ReloadError::Signal { pid, path: pid_file.to_owned(), detail: e.desc().to_owned() })?;
     let deadline = tokio::time::Instant::now() + timeout;

@@ -111,10 +111,12 @@ pub(crate) async fn start<M: Mode>(
         keepalive: common.keepalive,
         user_timeout: limits.tcp_user_timeout.resolve(common.keepalive),
         write_stall: limits.write_stall_timeout,
+        // Server mode evicts under a flood; a client's peers are local and only wait.
         budget: Arc::new(Budget::new(
             limits.max_handshakes,
             common.max_connections,
             common.handshake_timeout,
+            M::TLS_INBOUND,
         )),
         refusals: Refusals::default(),
         hard_stop: CancellationToken::new(),

@@ -95,8 +95,12 @@ pub fn reload_server(running: &Running<ServerMode>, cfg: &config::Server) -> Res
     let now = UnixTime::now();
     let mut cut = 0;
     for tunnel in running.ctx.tunnels.snapshot() {
-        let Some(cert) = &tunnel.peer_cert else { continue };
-        if let Err(e) = verifier.verify_client_cert(cert, &[], now) {
+        // The whole chain the client presented: one issued by an intermediate CA passes again.
+        let Some([leaf, intermediates @ ..]) = tunnel.peer_cert.as_deref() else { continue };
+        let verified = verifier.verify_client_cert(leaf, intermediates, now);
+        // This verification is not a handshake's: leave nothing for one on this thread.
+        crate::tls::identity::take_presented();
+        if let Err(e) = verified {
             let reason = RefuseReason::from_tls(&e);
             tracing::warn!(
                 peer = %tunnel.peer,

@@ -107,8 +107,10 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
     let mut early = Vec::new();
     let mut failed = None;
     let mut presented = None;
-    super::identity::take_presented(); // nothing stale from another connection on this thread
     let peer_closed = loop {
+        // Anything another verification left on this thread (a reload re-checks open tunnels with
+        // the same verifier) is not this handshake's.
+        super::identity::take_presented();
         let UnbufferedStatus { mut discard, state } = conn.process(&mut incoming[..used]);
         if let Some(p) = super::identity::take_presented() {
             presented = Some(p);

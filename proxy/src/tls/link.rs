@@ -206,6 +206,13 @@ impl Link {
                 continue;
             }
             let spare = self.rx.spare();
+            if spare.is_empty() {
+                // rustls keeps every record of a message it is still reassembling: one larger than
+                // the buffer cannot be read (a read into no room would look like end of input).
+                return Poll::Ready(Err(
+                    self.fail(rustls::Error::General("TLS message larger than the receive buffer".into()))
+                ));
+            }
             let mut read = ReadBuf::new(spare);
             match Pin::new(&mut self.tcp).poll_read(cx, &mut read) {
                 Poll::Pending => {
@@ -237,11 +244,12 @@ impl Link {
         let mut n = 0;
         while out.len() - n >= MAX_PLAINTEXT && !self.input_done {
             let (discard, step) = process!(&mut self.conn, self.rx.filled_mut(), |status| {
-                let UnbufferedStatus { discard, state } = status;
+                let UnbufferedStatus { mut discard, state } = status;
                 let step = match state {
                     Err(e) => Step::Failed(e),
                     Ok(ConnectionState::ReadTraffic(mut records)) => match records.next_record() {
                         Some(Ok(record)) => {
+                            discard += record.discard;
                             out[n..n + record.payload.len()].copy_from_slice(record.payload);
                             n += record.payload.len();
                             Step::Again
@@ -335,7 +343,7 @@ impl Link {
     fn act(&mut self, action: Action<'_>) -> Result<(), LinkError> {
         for _ in 0..1024 {
             let (discard, next) = process!(&mut self.conn, self.rx.filled_mut(), |status| {
-                let UnbufferedStatus { discard, state } = status;
+                let UnbufferedStatus { mut discard, state } = status;
                 let next = match state {
                     Err(e) => Next::Failed(e),
                     Ok(ConnectionState::WriteTraffic(mut traffic)) => match action {
@@ -349,6 +357,7 @@ impl Link {
                     },
                     Ok(ConnectionState::ReadTraffic(mut records)) => match records.next_record() {
                         Some(Ok(record)) => {
+                            discard += record.discard;
                             self.early.extend_from_slice(record.payload);
                             Next::Again
                         }

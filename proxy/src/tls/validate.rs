@@ -10,7 +10,8 @@
 //!   run as, after `--user`); others may not read it, and its group only if that is the service's;
 //! - the CA certificate is within its validity;
 //! - the CRL (servers) is signed by the CA (a CRL of another CA makes every client's revocation status
-//!   unknown, which refuses everyone), and its nextUpdate has not passed if it is enforced.
+//!   unknown, which refuses everyone); a passed nextUpdate is a warning (enforced, it refuses each
+//!   client as `crl-expired` until a fresh CRL is reloaded).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,17 +42,30 @@ pub(crate) enum Role {
 pub(crate) struct Reader {
     pub(crate) uid: u32,
     pub(crate) gid: u32,
+    /// Whether `gid` is one of this process's supplementary groups counts (not after `--user`,
+    /// whose privilege drop clears them).
+    supplementary: bool,
 }
 
 impl Reader {
     /// This process, as it runs now.
     pub(crate) fn current() -> Self {
-        Self { uid: nix::unistd::geteuid().as_raw(), gid: nix::unistd::getegid().as_raw() }
+        Self {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            supplementary: true,
+        }
+    }
+
+    /// Whether the reader is a member of `gid` through a supplementary group.
+    fn also_in(&self, gid: u32) -> bool {
+        self.supplementary
+            && nix::unistd::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
     }
 
     /// The user the proxy will run as, or this process.
     pub(crate) fn after_drop(privileges: Option<&crate::os::Privileges>) -> Self {
-        privileges.map_or_else(Self::current, |p| Self { uid: p.uid, gid: p.gid })
+        privileges.map_or_else(Self::current, |p| Self { uid: p.uid, gid: p.gid, supplementary: false })
     }
 }
 
@@ -316,7 +330,8 @@ fn readable_only_by(path: &Path, reader: Reader, insecure: bool) -> Result<(), S
             ));
         }
         // Group read is for a dedicated service group (root:nfs-tls-proxy 0640), never root's group.
-        if mode & 0o070 != 0 && (meta.gid() != reader.gid || reader.gid == 0 || mode & 0o030 != 0) {
+        let own_group = (meta.gid() == reader.gid || reader.also_in(meta.gid())) && meta.gid() != 0;
+        if mode & 0o070 != 0 && (!own_group || mode & 0o030 != 0) {
             return Err(format!(
                 "{}: private key is open to group {} (mode {mode:04o}), which is not the group the proxy runs \
                  as ({}); fix with `chmod 600 {0}` or `chown root:GROUP {0} && chmod 640 {0}` (or pass \
@@ -327,10 +342,16 @@ fn readable_only_by(path: &Path, reader: Reader, insecure: bool) -> Result<(), S
             ));
         }
     }
+    // As the kernel decides: the owner's bits for the owner, else the group's for a member, else
+    // the others'.
     let can_read = reader.uid == 0
-        || (meta.uid() == reader.uid && mode & 0o400 != 0)
-        || (meta.gid() == reader.gid && mode & 0o040 != 0)
-        || mode & 0o004 != 0;
+        || if meta.uid() == reader.uid {
+            mode & 0o400 != 0
+        } else if meta.gid() == reader.gid || reader.also_in(meta.gid()) {
+            mode & 0o040 != 0
+        } else {
+            mode & 0o004 != 0
+        };
     if !can_read {
         return Err(format!(
             "{}: not readable by uid {} gid {} (owner {}:{}, mode {mode:04o}), which the proxy runs as: \
@@ -441,11 +462,10 @@ fn crl_findings(
                     format_time(at),
                     if crl.enforce_expiry { ", every client is refused (--enforce-crl-expiry)" } else { "" }
                 );
-                if crl.enforce_expiry {
-                    f.problems.push(line)
-                } else {
-                    f.warnings.push(line)
-                }
+                // A warning even when enforced: the proxy still starts (and a reload still applies),
+                // refusing each client with `crl-expired`, so that publishing a fresh CRL and
+                // reloading recovers without a restart.
+                f.warnings.push(line)
             }
             Some(at) if at - now < CRL_WARN_WITHIN => f.warnings.push(format!(
                 "{}: nextUpdate within {} days ({}); re-sign it (ca-tool crl)",

@@ -33,6 +33,9 @@ const CHANCE_FACTOR: u32 = 4;
 #[derive(Debug)]
 pub(crate) struct Budget {
     max_handshakes: usize,
+    /// Whether a full budget evicts (server mode). A client's peers are the local NFS client: a
+    /// full budget only makes them wait in the listen queue.
+    evicting: bool,
     tunnels: Arc<Semaphore>,
     /// The most a handshake's chance grows to (three quarters of the handshake deadline).
     max_chance: Duration,
@@ -83,9 +86,15 @@ pub(crate) enum Entered {
 }
 
 impl Budget {
-    pub(crate) fn new(max_handshakes: u32, max_connections: u32, handshake_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        max_handshakes: u32,
+        max_connections: u32,
+        handshake_timeout: Duration,
+        evicting: bool,
+    ) -> Self {
         Self {
             max_handshakes: max_handshakes.max(1) as usize,
+            evicting,
             tunnels: Arc::new(Semaphore::new(max_connections as usize)),
             max_chance: (handshake_timeout * 3 / 4).max(MIN_CHANCE),
             state: Mutex::default(),
@@ -143,6 +152,10 @@ impl Budget {
     fn make_room(&self, state: &mut State, source: Source) -> Result<Entered, Duration> {
         if state.count < self.max_handshakes {
             return Ok(Entered::Free);
+        }
+        if !self.evicting {
+            // Woken by a slot given back; the timeout only bounds a missed notification.
+            return Err(Duration::from_millis(100));
         }
         let held = |s: &Source, slots: &BTreeMap<u64, Slot>| slots.len() + usize::from(*s == source);
         // The busiest address (the newcomer counted in its own); among equals, the oldest slot.
@@ -280,7 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_budget_evicts_the_oldest_of_the_busiest_address_not_the_newcomer() {
-        let budget = Arc::new(Budget::new(4, 10, Duration::from_secs(10)));
+        let budget = Arc::new(Budget::new(4, 10, Duration::from_secs(10), true));
         let mut flood = Vec::new();
         for port in 0..4 {
             let (a, entered) = budget.enter(peer(1, port)).await;
@@ -309,7 +322,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_from_one_address_waits_instead_of_evicting_young_handshakes() {
-        let budget = Arc::new(Budget::new(2, 10, Duration::from_secs(10)));
+        let budget = Arc::new(Budget::new(2, 10, Duration::from_secs(10), true));
         let (a, _) = budget.enter(peer(1, 1)).await;
         let (_b, _) = budget.enter(peer(1, 2)).await;
         let third = tokio::spawn({
@@ -330,7 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn tunnels_are_limited_by_max_connections_alone() {
-        let budget = Arc::new(Budget::new(1, 1, Duration::from_secs(10)));
+        let budget = Arc::new(Budget::new(1, 1, Duration::from_secs(10), true));
         let (first, _) = budget.enter(peer(1, 1)).await;
         assert_eq!(first.admit(), Ok(()));
         // The handshake slot is free again; the tunnel permit is not.

@@ -126,7 +126,7 @@ pub struct Established {
     /// The address dialled.
     pub(crate) upstream: SocketAddr,
     /// The client certificate (server mode), re-checked against the CRL and allow-list on reload.
-    pub(crate) peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    pub(crate) peer_cert: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
     /// How TLS started on the TLS leg: stunnel-style or RFC 9289.
     pub(crate) transport: Transport,
     /// Negotiated TLS version and cipher suite, e.g. `TLSv1_3/TLS13_AES_256_GCM_SHA384`.

@@ -314,7 +314,10 @@ struct Window {
 impl Refusals {
     /// Logs and counts one refused connection.
     pub(crate) fn refuse(&self, metrics: &crate::metrics::Metrics, peer: SocketAddr, reason: &RefuseReason) {
-        if reason.presented().is_some() {
+        // Per certificate only for certificates our CA signed (a revoked laptop retrying): an
+        // attacker's self-signed certificates, each with a fresh serial, go through the per-reason
+        // limiter like any other refusal.
+        if reason.presented().is_some() && reason.signed_by_our_ca() {
             return refuse_certificate(metrics, peer, reason);
         }
         let word = reason.word();

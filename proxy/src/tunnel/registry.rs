@@ -28,7 +28,7 @@ pub struct TunnelEntry {
     pub peer: SocketAddr,
     pub listener: SocketAddr,
     pub identity: String,
-    pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    pub peer_cert: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
     pub transport: Transport,
     pub started: Instant,
     pub counters: Counters,
@@ -75,7 +75,7 @@ impl Tunnels {
         peer: SocketAddr,
         listener: SocketAddr,
         identity: &str,
-        peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+        peer_cert: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
         transport: Transport,
         original_dst: Option<SocketAddr>,
     ) -> Arc<TunnelEntry> {

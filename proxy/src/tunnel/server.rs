@@ -75,7 +75,7 @@ impl Mode for ServerMode {
         };
         // Authenticated: from here on this is a tunnel, limited by --max-connections alone.
         admission.admit()?;
-        let peer_cert = link.peer_certificates().first().cloned();
+        let peer_cert = Some(link.peer_certificates().to_vec()).filter(|c| !c.is_empty());
         let identity = peer_name(Some(link.peer_certificates()));
         let (backend, upstream) =
             net::connect_from(&self.backend, self.backend_source_port, self.connect_timeout, self.keepalive)
