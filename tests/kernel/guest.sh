@@ -322,16 +322,20 @@ server_proxy_restart_under_reader_and_writer_corrupts_nothing() { proxy_restart_
 client_proxy_restart_under_reader_and_writer_corrupts_nothing() { proxy_restart_under_load client; }
 
 # RFC 9289, server side: the kernel client (tlshd, xprtsec=mtls) straight to our server, which answers
-# the AUTH_TLS probe itself. The rpc-tls server listens on 127.0.0.1:2325, admits only "earth".
+# the AUTH_TLS probe itself. start_rpc_tls_server PORT [FLAGS]: on 127.0.0.1:PORT, admits only "earth".
+# Each scenario has its own port: the kernel keeps an NFS client for a server address a while after
+# umount and may reconnect it (with its own xprtsec) during the next scenario's mount.
 start_rpc_tls_server() {
-    start_proxy server server --listen 127.0.0.1:2325 --backend "$NFSD" --allow-cn earth "$@"
+    local port=$1
+    shift
+    start_proxy server server --listen 127.0.0.1:"$port" --backend "$NFSD" --allow-cn earth "$@"
 }
 
 kernel_mtls_mount_straight_to_our_server() {
     local x=/srv/nfs/mtls
     export_only "$x rw,insecure,no_subtree_check,no_root_squash"
     use_tlshd earth
-    start_rpc_tls_server
+    start_rpc_tls_server 2325
     mount_or_fail xprtsec=mtls,port=2325 127.0.0.1:$x
     head -c 16M /dev/urandom >/tmp/f
     check_round_trip /tmp/f f $x
@@ -342,13 +346,13 @@ kernel_mtls_mount_straight_to_our_server() {
     grep 'tunnel closed' "$SC_OUT/server.log" | grep -q 'identity="\?earth' || fail "identity earth not logged"
 }
 
-# refused_mtls_mount XPRTSEC TLSHD_CLIENT REASON: the mount fails and the server logs REASON.
+# refused_mtls_mount XPRTSEC TLSHD_CLIENT REASON PORT: the mount fails, the server logs REASON, opens nothing.
 refused_mtls_mount() {
     local x=/srv/nfs/mtls
     export_only "$x rw,insecure,no_subtree_check,no_root_squash"
     use_tlshd "$2"
-    start_rpc_tls_server
-    if nfs_mount "xprtsec=$1,port=2325" 127.0.0.1:$x; then
+    start_rpc_tls_server "$4"
+    if nfs_mount "xprtsec=$1,port=$4" 127.0.0.1:$x; then
         unmount
         fail "mounted with xprtsec=$1 as $2"
     fi
@@ -356,8 +360,8 @@ refused_mtls_mount() {
     grep -q 'tunnel opened' "$SC_OUT/server.log" && fail "a tunnel was opened"
     echo "detail: $(grep -m1 'connection refused' "$SC_OUT/server.log" | sed 's/.*connection refused/connection refused/')"
 }
-kernel_mtls_client_not_on_allow_list_is_refused() { refused_mtls_mount mtls intruder name-not-allowed; }
-kernel_tls_client_without_certificate_is_refused() { refused_mtls_mount tls earth no-certificate; }
+kernel_mtls_client_not_on_allow_list_is_refused() { refused_mtls_mount mtls intruder name-not-allowed 2335; }
+kernel_tls_client_without_certificate_is_refused() { refused_mtls_mount tls earth no-certificate 2345; }
 
 # RFC 9289, client side: our client with --upstream-protocol rpc-tls straight to kernel nfsd, whose
 # export accepts only mutual TLS (nfsd's handshakes go through tlshd with the "nfsd" certificate).
@@ -435,8 +439,8 @@ kernel_mtls_tunnel_crosses_key_limit_without_io_error() {
     export_only "$x rw,insecure,no_subtree_check,no_root_squash"
     use_tlshd earth
     need_key_update_flag server
-    start_rpc_tls_server --key-update-every 1024
-    mount_or_fail xprtsec=mtls,port=2325 127.0.0.1:$x
+    start_rpc_tls_server 2355 --key-update-every 1024
+    mount_or_fail xprtsec=mtls,port=2355 127.0.0.1:$x
     copy_across_key_limit $x server
 }
 
