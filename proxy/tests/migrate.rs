@@ -98,7 +98,7 @@ fn check_fails_with_one_line_per_problem() {
     assert!(!ok);
     let problems: Vec<&str> = err.lines().filter(|l| l.starts_with("problem: ")).collect();
     assert_eq!(problems.len(), 1, "{err}");
-    assert!(problems[0].contains("r0-key.pem does not match the certificate"), "{err}");
+    assert!(problems[0].contains("r0-key.pem: does not match the certificate"), "{err}");
 
     let unknown = write(d, "what.toml", "listen = [\"127.0.0.1:0\"]\n");
     let (ok, _, err) = check(&unknown);
