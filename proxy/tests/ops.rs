@@ -192,4 +192,10 @@ fn a_clients_healthz_is_an_nfs_null_call_through_the_first_server_that_lets_it_i
     let (code, body) = get(metrics_addr(&revoked), "/healthz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("refused-by-server"), "{body}");
+    // Its tunnels are refusals too, logged as such on its own side.
+    let mut app = std::net::TcpStream::connect(revoked.listen_addr()).expect("connect");
+    app.set_read_timeout(Some(std::time::Duration::from_secs(20))).expect("timeout");
+    let _ = app.write_all(b"\0\0\0\x28 an NFS call that the server will never see");
+    let _ = std::io::Read::read(&mut app, &mut [0u8; 64]);
+    revoked.wait_line(&["WARN", "connection refused", "refused-by-server"]);
 }

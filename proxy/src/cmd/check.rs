@@ -258,9 +258,29 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
     };
     for s in &cfg.servers {
         match mode.dial(s).await {
-            Ok((link, addr)) => {
+            Ok((mut link, addr)) => {
                 let who = crate::tls::identity::peer_name(Some(link.peer_certificates()));
-                r.line("server cert", format!("{}: {addr} is {who}; carries {}", s.endpoint, s.server_name))
+                r.line("server cert", format!("{}: {addr} is {who}; carries {}", s.endpoint, s.server_name));
+                // In TLS 1.3 the handshake completes before the server has judged our certificate:
+                // only an answered NFS NULL call through the tunnel shows it let us in.
+                let xid = crate::rpc::next_xid();
+                match crate::rpc::nfs_null(&mut link, xid, crate::tunnel::HEALTH_TIMEOUT).await {
+                    Ok(()) => r.line(
+                        "nfs",
+                        format!("{}: an NFS NULL call was answered through the tunnel", s.endpoint),
+                    ),
+                    Err(e) => {
+                        let why = crate::tunnel::client::refused_by(&e);
+                        if why.starts_with("refused-by-server") {
+                            r.problems.push(format!("server {}: {why}", s.endpoint));
+                        } else {
+                            r.warnings.push(format!(
+                                "server {}: no NFS answer through the tunnel ({why}); is its NFS server up?",
+                                s.endpoint
+                            ));
+                        }
+                    }
+                }
             }
             Err(crate::tunnel::refuse::RefuseReason::Unreachable(e)) => r.warnings.push(format!(
                 "server {}: not reachable now ({e}); its certificate was not checked",

@@ -264,7 +264,7 @@ impl FailureLog {
 
 /// What a failed NULL call through a fresh tunnel means: an alert from the server right after the
 /// handshake is its refusal of our certificate (revoked, not on its allow-list, ...).
-fn refused_by(e: &rpc::RpcError) -> String {
+pub(crate) fn refused_by(e: &rpc::RpcError) -> String {
     let text = e.to_string();
     match text.split_once("received fatal alert: ") {
         Some((_, alert)) => {

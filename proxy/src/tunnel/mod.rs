@@ -274,4 +274,15 @@ pub(crate) async fn run_one<M: Mode>(
         end = %end,
         "tunnel closed"
     );
+    // Client mode, TLS 1.3: our handshake completes before the server has judged our certificate,
+    // so its refusal (revoked, not on its allow-list) arrives as an alert on the first read. That
+    // is a refusal of this host, not a broken tunnel: say so as one, with the reason.
+    if !M::TLS_INBOUND && bytes_down == 0 {
+        if let splice::End::Tls(crate::tls::link::LinkError::Tls(rustls::Error::AlertReceived(alert))) = &end
+        {
+            let reason =
+                RefuseReason::PeerRejected(format!("refused-by-server: {alert:?} right after the handshake"));
+            ctx.refusals.refuse(&ctx.metrics, peer, &reason);
+        }
+    }
 }

@@ -356,8 +356,18 @@ impl Refusals {
                 detail = detail.unwrap_or(""),
                 "connection refused; out of resources: further refusals are counted until it ends"
             ),
-            (false, Some(detail)) => tracing::warn!(%peer, reason = word, detail, "connection refused"),
-            (false, None) => tracing::warn!(%peer, reason = word, "connection refused"),
+            // Who, when a certificate was presented (not ours: its name is the peer's claim).
+            (false, detail) => {
+                let who = reason.presented();
+                tracing::warn!(
+                    %peer,
+                    reason = word,
+                    identity = who.map(|w| tracing::field::display(&w.name)),
+                    serial = who.map(|w| tracing::field::display(&w.serial)),
+                    detail,
+                    "connection refused"
+                )
+            }
         }
     }
 
@@ -400,5 +410,46 @@ impl Refusals {
                 tracing::warn!(reason, count, over_ms, "connections refused (summary: too many to log each)");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{AlertDescription, Error as E};
+
+    #[test]
+    fn every_tls_failure_maps_to_the_refusal_word_an_operator_reads() {
+        let cert = |c: CertificateError| E::InvalidCertificate(c);
+        for (error, word) in [
+            (E::NoCertificatesPresented, "no-certificate"),
+            (cert(CertificateError::UnknownIssuer), "unknown-ca"),
+            (cert(CertificateError::BadSignature), "unknown-ca"),
+            (cert(CertificateError::Expired), "expired"),
+            (cert(CertificateError::NotValidYet), "not-yet-valid"),
+            (cert(CertificateError::Revoked), "revoked"),
+            (cert(CertificateError::UnknownRevocationStatus), "revocation-unknown"),
+            (cert(CertificateError::ExpiredRevocationList), "crl-expired"),
+            (cert(CertificateError::InvalidPurpose), "wrong-purpose"),
+            (cert(CertificateError::NotValidForName), "wrong-server-name"),
+            (cert(CertificateError::ApplicationVerificationFailure), "name-not-allowed"),
+            (cert(CertificateError::BadEncoding), "tls-error"),
+            (E::AlertReceived(AlertDescription::AccessDenied), "peer-rejected-us"),
+            (E::PeerIncompatible(rustls::PeerIncompatible::NoCipherSuitesInCommon), "tls-incompatible"),
+            (E::General("anything else".into()), "tls-error"),
+        ] {
+            assert_eq!(RefuseReason::from_tls(&error).word(), word, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_presented_certificate_keeps_its_reason_word_and_says_who() {
+        let who = Presented { name: "earth".into(), serial: "0A".into() };
+        let reason = RefuseReason::Presented { reason: Box::new(RefuseReason::Revoked), who: who.clone() };
+        assert_eq!(reason.word(), "revoked");
+        assert_eq!(reason.presented(), Some(&who));
+        assert!(reason.signed_by_our_ca());
+        let forged = RefuseReason::Presented { reason: Box::new(RefuseReason::UnknownCa), who };
+        assert!(!forged.signed_by_our_ca(), "an unknown CA's names are not a bounded label set");
     }
 }
