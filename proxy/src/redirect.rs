@@ -57,6 +57,10 @@ impl Table {
     /// The rules for `redirect`, each towards the first of `listen` of its IP version (an unspecified
     /// listen address stands for the loopback address). None if a redirect has no such listener.
     pub(crate) fn new(redirect: &[SocketAddr], listen: &[SocketAddr]) -> Option<Self> {
+        // No --redirect: no table at all (a client without it needs neither nft nor CAP_NET_ADMIN).
+        if redirect.is_empty() {
+            return None;
+        }
         let target = |from: &SocketAddr| {
             let mut to = *listen.iter().find(|l| l.is_ipv4() == from.is_ipv4())?;
             if to.ip().is_unspecified() {
@@ -246,6 +250,11 @@ mod tests {
             ]
         );
         assert!(Table::new(&[a("[2001:db8::138]:2049")], &[a("127.0.0.1:2323")]).is_none());
+    }
+
+    #[test]
+    fn a_client_without_redirect_has_no_table_and_needs_no_nft() {
+        assert!(Table::new(&[], &[a("127.0.0.1:2323")]).is_none());
     }
 
     #[test]
