@@ -84,7 +84,7 @@ files=$(rpm -qlp "$RPM" 2>/dev/null)
 missing=
 for f in /usr/bin/nfs-tls-proxy /usr/bin/ca-tool \
 	/usr/lib/systemd/system/nfs-tls-proxy-server.service /usr/lib/systemd/system/nfs-tls-proxy-client.service \
-	/usr/lib/systemd/system/nfs-tls-proxy-client.socket \
+	/usr/lib/systemd/system/nfs-tls-proxy-client.socket /usr/lib/systemd/system/nfs-tls-proxy-server.socket \
 	/usr/lib/sysusers.d/nfs-tls-proxy.conf /usr/lib/tmpfiles.d/nfs-tls-proxy.conf /etc/nfs-tls-proxy \
 	/usr/share/bash-completion/completions/nfs-tls-proxy /usr/share/zsh/site-functions/_nfs-tls-proxy \
 	/usr/share/fish/vendor_completions.d/nfs-tls-proxy.fish; do

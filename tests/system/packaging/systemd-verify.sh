@@ -82,14 +82,16 @@ else
 fi
 
 # -- the units ---------------------------------------------------------------------------------------
-case_="systemd-analyze verify nfs-tls-proxy-client.socket (socket activation, held across restarts)"
-cp "$DIST/nfs-tls-proxy-client.socket" "$ROOT/etc/systemd/system/"
-cp "$DIST/nfs-tls-proxy-client.service" "$ROOT/etc/systemd/system/"
-if out=$(systemd-analyze verify --root="$ROOT" --man=no nfs-tls-proxy-client.socket 2>&1) && [ -z "$out" ]; then
-	pass "$case_"
-else
-	fail "$case_" "$out"
-fi
+for mode in client server; do
+	case_="systemd-analyze verify nfs-tls-proxy-$mode.socket (socket activation, held across restarts)"
+	cp "$DIST/nfs-tls-proxy-$mode.socket" "$ROOT/etc/systemd/system/"
+	cp "$DIST/nfs-tls-proxy-$mode.service" "$ROOT/etc/systemd/system/"
+	if out=$(systemd-analyze verify --root="$ROOT" --man=no "nfs-tls-proxy-$mode.socket" 2>&1) && [ -z "$out" ]; then
+		pass "$case_"
+	else
+		fail "$case_" "$out"
+	fi
+done
 
 for unit in nfs-tls-proxy-server.service nfs-tls-proxy-client.service; do
 	cp "$DIST/$unit" "$ROOT/etc/systemd/system/$unit"
