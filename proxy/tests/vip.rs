@@ -202,3 +202,67 @@ fn a_client_keeps_working_when_the_address_moves_from_one_server_to_the_other() 
     assert_eq!(backend0.connections(), 1);
     assert_eq!(backend1.connections(), 1);
 }
+
+/// `GET path` on the ops endpoint at `addr` inside `ns`: (status, body).
+fn ops_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
+    let mut s = ns.connect(addr).expect("connect to the ops endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head");
+    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status"), body.to_owned())
+}
+
+/// The value of the `listen_state` sample for `state`.
+fn listen_state(ns: &Netns, ops: &str, state: &str) -> Option<String> {
+    let (_, m) = ops_get(ns, ops, "/metrics");
+    let key = format!("nfs_tls_proxy_listen_state{{listen=\"{VIP_LISTEN}\",state=\"{state}\"}} ");
+    m.lines().find_map(|l| l.strip_prefix(&key).map(str::to_owned))
+}
+
+#[test]
+fn health_and_metrics_tell_standby_serving_and_failing_apart() {
+    if !require_root() {
+        return;
+    }
+    let dir = TestPki::new();
+    let ns = Netns::new("health");
+    let backend = ns.echo();
+    let mut args = server_args(dir.root(), backend.addr);
+    args.extend(["--metrics", "127.0.0.1:0"].map(String::from));
+    let server = ns.proxy("server", &strs(&args));
+    let line = server.wait_line(&["serving /metrics", "metrics="]);
+    let ops =
+        line.split("metrics=").nth(1).and_then(|a| a.split_whitespace().next()).expect("addr").to_owned();
+
+    // Standby: this host does not own the VIP.
+    server.wait_line(&["standing by", VIP_LISTEN]);
+    assert_eq!(listen_state(&ns, &ops, "standby").as_deref(), Some("1"));
+
+    // Failing: the VIP arrives while another process holds VIP:2323 (bound before the address
+    // existed, with IP_FREEBIND, so the order is certain).
+    let squatter = ns.enter(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        s.set_freebind_v4(true).expect("freebind");
+        s.bind(&VIP_LISTEN.parse::<SocketAddr>().expect("addr").into()).expect("bind the VIP first");
+        s.listen(8).expect("listen");
+        s
+    });
+    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    server.wait_line(&["address acquired but cannot bind", VIP_LISTEN]);
+    let (code, body) = ops_get(&ns, &ops, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("failing: owns 192.0.2.100:2323 but cannot bind it"), "{body}");
+    assert_eq!(listen_state(&ns, &ops, "failing").as_deref(), Some("1"));
+
+    // Serving: the other process lets go; the server binds at its next look.
+    drop(squatter);
+    server.wait_line(&["INFO", "address acquired", "listen=192.0.2.100:2323"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listen_state(&ns, &ops, "serving").as_deref() != Some("1") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50)); // polling a metric with a deadline
+    }
+    assert_eq!(listen_state(&ns, &ops, "serving").as_deref(), Some("1"));
+    assert_eq!(listen_state(&ns, &ops, "failing").as_deref(), Some("0"));
+}
