@@ -70,7 +70,7 @@ mod imp {
     const CARP_MASTER: libc::c_int = 2;
 
     /// FreeBSD: the address is assigned, and if it carries a CARP vhid, that vhid is MASTER.
-    pub fn owns_address(ip: IpAddr) -> io::Result<bool> {
+    pub(super) fn owns_address(ip: IpAddr) -> io::Result<bool> {
         let Some((ifname, vhid)) = find(ip)? else { return Ok(false) };
         if vhid == 0 {
             return Ok(true); // a plain address, not CARP
