@@ -18,15 +18,7 @@ DASHBOARD=$REPO/dist/grafana/nfs-tls-proxy.json
 T=$(mktemp -d /tmp/alerts-check.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 trap 'exit 1' INT TERM
-failures=0
-pass() { echo "PASS: $1"; }
-fail()
-{
-	echo "FAIL: $1"
-	shift
-	for line in "$@"; do echo "    $line"; done
-	failures=$((failures + 1))
-}
+. "$HERE/lib.sh"
 
 PROMTOOL=$(command -v promtool 2>/dev/null)
 if [ -z "$PROMTOOL" ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then

@@ -16,15 +16,7 @@ PORT=$REPO/dist/freebsd/port
 T=$(mktemp -d /tmp/port-check.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 trap 'exit 1' INT TERM
-failures=0
-pass() { echo "PASS: $1"; }
-fail()
-{
-	echo "FAIL: $1"
-	shift
-	for line in "$@"; do echo "    $line"; done
-	failures=$((failures + 1))
-}
+. "$HERE/lib.sh"
 
 BIN=${NFS_TLS_PROXY_BIN:-}
 for b in "$REPO/target/release/nfs-tls-proxy" "$REPO/target/debug/nfs-tls-proxy"; do

@@ -23,7 +23,6 @@ T=$(mktemp -d /tmp/rc-d-test.XXXXXX)
 ROOT=$T/root
 LOG=$ROOT/log
 RCD=$ROOT/usr/local/etc/rc.d
-failures=0
 
 cleanup()
 {
@@ -36,14 +35,7 @@ cleanup()
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-pass() { echo "PASS: $1"; }
-fail()
-{
-	echo "FAIL: $1"
-	shift
-	for line in "$@"; do echo "    $line"; done
-	failures=$((failures + 1))
-}
+. "$HERE/lib.sh"
 
 # -- the temporary root ----------------------------------------------------------------------------
 mkdir -p "$RCD" "$ROOT/etc" "$ROOT/usr/sbin" "$ROOT/usr/local/bin" "$ROOT/var/run" \

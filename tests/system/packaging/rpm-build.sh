@@ -18,15 +18,7 @@ SPEC=$REPO/dist/rpm/nfs-tls-proxy.spec
 TOP=$(mktemp -d /tmp/rpm-build.XXXXXX)
 trap 'rm -rf "$TOP"' EXIT
 trap 'exit 1' INT TERM
-failures=0
-pass() { echo "PASS: $1"; }
-fail()
-{
-	echo "FAIL: $1"
-	shift
-	for line in "$@"; do echo "    $line"; done
-	failures=$((failures + 1))
-}
+. "$HERE/lib.sh"
 finish()
 {
 	if [ $failures -ne 0 ]; then

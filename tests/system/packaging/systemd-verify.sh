@@ -19,15 +19,7 @@ DIST=$REPO/dist/systemd
 T=$(mktemp -d /tmp/systemd-verify.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 trap 'exit 1' INT TERM
-failures=0
-pass() { echo "PASS: $1"; }
-fail()
-{
-	echo "FAIL: $1"
-	shift
-	for line in "$@"; do echo "    $line"; done
-	failures=$((failures + 1))
-}
+. "$HERE/lib.sh"
 
 if ! command -v systemd-analyze >/dev/null; then
 	echo "FAIL: systemd-analyze is not installed (apt-get install systemd)"
