@@ -18,6 +18,7 @@
 //! | `nfs_tls_proxy_redirect_restored_total` | counter | - (rules put back after something removed them) |
 //! | `nfs_tls_proxy_reload_total` | counter | result (`success`, `failure`) |
 //! | `nfs_tls_proxy_last_reload_success_timestamp_seconds` | gauge | - |
+//! | `nfs_tls_proxy_record_path_total` | counter | path (`ktls`: the kernel seals and opens the records; `rustls`) |
 
 use std::time::Duration;
 
@@ -51,6 +52,11 @@ struct ReasonLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransportLabels {
     transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,6 +115,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     last_reload: Gauge,
     handshaking: Gauge,
+    record_path: Family<PathLabels, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -199,8 +206,18 @@ impl Metrics {
             "Connections in their handshake now (limited by --max-handshakes)",
             handshaking.clone(),
         );
+        let record_path = Family::<PathLabels, Counter>::default();
+        for path in ["ktls", "rustls"] {
+            let _ = record_path.get_or_create(&PathLabels { path });
+        }
+        registry.register(
+            "record_path",
+            "Tunnels opened, by who seals and opens their TLS records: ktls (the kernel, --ktls auto) or rustls",
+            record_path.clone(),
+        );
         Self {
             handshaking,
+            record_path,
             registry,
             tunnels_open,
             tunnels_total,
@@ -263,6 +280,11 @@ impl Metrics {
         self.tunnels_open.get_or_create(&labels).inc();
         self.tunnels_total.get_or_create(&labels).inc();
         self.handshake.get_or_create(&TransportLabels { transport }).observe(took.as_secs_f64());
+    }
+
+    /// A tunnel opened on this record path (`ktls` or `rustls`).
+    pub fn record_path(&self, path: &'static str) {
+        self.record_path.get_or_create(&PathLabels { path }).inc();
     }
 
     /// A tunnel ended; its last bytes are counted with [`Metrics::add_bytes`] first.

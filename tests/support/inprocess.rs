@@ -31,6 +31,7 @@ pub fn common(files: TlsFiles) -> Common {
         max_connections: 1024,
         keepalive: Keepalive::After(Duration::from_secs(60)),
         key_update_every: None,
+        ktls: Default::default(),
         pid_file: None,
         limits: Default::default(),
         drain_timeout: Duration::from_secs(1),

@@ -251,6 +251,7 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
         connect_timeout: c.connect_timeout,
         keepalive: config::Keepalive::Off,
         key_update_every: None,
+        ktls: false,
         source_port: cfg.upstream_source_port,
         retry_for: std::time::Duration::ZERO,
         redirects: Vec::new(),

@@ -130,6 +130,7 @@ fn common(cert: &Path, key: &Path, ca: &Path) -> Common {
         max_connections: 64,
         keepalive: Keepalive::After(Duration::from_secs(60)),
         key_update_every: None,
+        ktls: Default::default(),
         pid_file: None,
         limits: Default::default(),
         drain_timeout: Duration::from_secs(1),

@@ -12,7 +12,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use super::{
     parse_duration, parse_keepalive, parse_metrics_addr, parse_off_or_duration, parse_redirect,
     parse_tcp_user_timeout, parse_tls_version, CheckMode, ConfigError, DurationOrOff, Endpoint, Keepalive,
-    OnOff, SourcePort, TcpUserTimeout, TlsVersion, Transport,
+    Ktls, OnOff, SourcePort, TcpUserTimeout, TlsVersion, Transport,
 };
 
 /// A TLS tunnel for NFS: stunnel's replacement on the storage servers (`server`) and the NFS clients
@@ -172,9 +172,18 @@ pub struct CommonArgs {
     /// which `nfs-tls-proxy reload --pid-file FILE` waits for.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+    /// Restart without refusing a connection: a proxy started with the same PATH takes this one's
+    /// listening sockets over this Unix socket, and this one then drains and exits.
+    #[arg(long, value_name = "PATH")]
+    pub handover_socket: Option<PathBuf>,
     /// Start even if the private key file is readable by group or others.
     #[arg(long)]
     pub insecure_key_permissions: bool,
+    /// Kernel TLS for the data phase [default: auto]: `auto` hands the records to the kernel after
+    /// the handshake where it can take them (Linux's `tls` module; the data then moves with splice),
+    /// `off` keeps them in rustls.
+    #[arg(long, value_name = "auto|off")]
+    pub ktls: Option<Ktls>,
     /// Test knob: change keys after this many records sealed under one key (stunnel-style peers:
     /// our KeyUpdate; RFC 9289 peers: the tunnel ends at an RPC record boundary instead).
     #[arg(long, value_name = "N", hide = true, value_parser = clap::value_parser!(u64).range(1..))]

@@ -204,6 +204,16 @@ pub enum OnOff {
     Off,
 }
 
+/// `--ktls`: whether the data phase is handed to the kernel's TLS where it can take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Ktls {
+    /// The kernel takes the records after the handshake where it can (Linux's `tls` module).
+    #[default]
+    Auto,
+    /// The records stay in rustls.
+    Off,
+}
+
 /// How TLS starts on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Transport {
@@ -261,6 +271,8 @@ pub struct Common {
     pub privileges: Option<Privileges>,
     /// Records under one key before we change keys (hidden test knob; default: the library's limits).
     pub key_update_every: Option<u64>,
+    /// `--ktls`: kernel TLS for the data phase where the kernel can take it.
+    pub ktls: Ktls,
     /// `--pid-file`: the process id, and next to it each reload's outcome.
     pub pid_file: Option<PathBuf>,
     /// Listen queue, handshake budget, write stalls, TCP user timeout.
@@ -341,6 +353,7 @@ impl Common {
             reload_every: args.reload_every,
             metrics: args.metrics,
             key_update_every: args.key_update_every,
+            ktls: args.ktls.unwrap_or_default(),
             pid_file: args.pid_file.clone(),
             limits: Limits {
                 listen_backlog: args.listen_backlog,

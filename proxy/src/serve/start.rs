@@ -48,6 +48,7 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<ServerMode>, S
         connect_timeout: c.connect_timeout,
         keepalive: c.keepalive,
         key_update_every: c.key_update_every,
+        ktls: ktls_wanted(c),
     };
     let running = super::start(mode, &cfg.listen, listen::Follow::Ownership, c).await?;
     // Said once everything is bound, never before a bind fails.
@@ -76,6 +77,7 @@ pub async fn start_client(cfg: &config::Client) -> Result<Running<ClientMode>, S
         connect_timeout: c.connect_timeout,
         keepalive: c.keepalive,
         key_update_every: c.key_update_every,
+        ktls: ktls_wanted(c),
         source_port: cfg.upstream_source_port,
         retry_for: cfg.upstream_retry_for,
         redirects: cfg.redirect.clone(),
@@ -207,4 +209,14 @@ async fn start_ops<M: Mode>(running: &Running<M>, addr: Option<SocketAddr>) -> R
         running.ctx.ops_addr.set(bound).ok();
     }
     Ok(())
+}
+
+/// `--ktls auto` and a kernel that can take the records (found once, said once).
+fn ktls_wanted(c: &config::Common) -> bool {
+    if c.ktls == config::Ktls::Off {
+        tracing::info!("kTLS: off (--ktls off); rustls' record layer");
+        return false;
+    }
+    tracing::info!("kTLS: {}", tls::ktls::describe());
+    tls::ktls::support().is_ok()
 }

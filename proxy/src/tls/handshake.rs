@@ -1,6 +1,7 @@
 //! The TLS handshake, driven through rustls' unbuffered API on our own buffers. It ends in a
-//! [`Link`]: the socket and rustls' connection, which from then on is the record layer too (see
-//! [`super::link`]).
+//! [`Secured`] connection: a [`Link`] (the socket and rustls' connection, which from then on is the
+//! record layer too, see [`super::link`]) or, when kernel TLS may take over, a [`KernelLink`] (see
+//! [`super::ktls`]).
 
 use std::io;
 
@@ -15,7 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::identity::Presented;
+use super::ktls::{Kernel, KernelLink};
 use super::link::{Conn, KeyPolicy, Link};
+use super::Secured;
 
 /// Why a handshake did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum HandshakeError {
     Io(io::Error),
     #[error("peer closed the connection during the handshake")]
     Closed,
+    /// The kernel refused the keys after the handshake (rustls' connection is gone by then).
+    #[error("kTLS: {0}")]
+    Kernel(io::Error),
 }
 
 impl HandshakeError {
@@ -36,25 +42,28 @@ impl HandshakeError {
 }
 
 /// Accepts a TLS connection (the first byte is already known to be a ClientHello). `config` must
-/// have `enable_secret_extraction` set (see [`super::server_config`]).
+/// have `enable_secret_extraction` set (see [`super::server_config`]). `ktls`: hand the records to
+/// the kernel afterwards if it can take them (see [`super::ktls`]).
 pub(crate) async fn accept(
     config: Arc<ServerConfig>,
     tcp: TcpStream,
     keys: KeyPolicy,
-) -> Result<Link, HandshakeError> {
+    ktls: bool,
+) -> Result<Secured, HandshakeError> {
     let conn = UnbufferedServerConnection::new(config).map_err(HandshakeError::tls)?;
-    drive(conn, tcp, keys).await
+    drive(conn, tcp, keys, ktls).await
 }
 
-/// Connects over TLS to `name`; `config` as for [`accept`].
+/// Connects over TLS to `name`; `config` and `ktls` as for [`accept`].
 pub(crate) async fn connect(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
     tcp: TcpStream,
     keys: KeyPolicy,
-) -> Result<Link, HandshakeError> {
+    ktls: bool,
+) -> Result<Secured, HandshakeError> {
     let conn = UnbufferedClientConnection::new(config, name).map_err(HandshakeError::tls)?;
-    drive(conn, tcp, keys).await
+    drive(conn, tcp, keys, ktls).await
 }
 
 /// What differs between rustls' unbuffered client and server connections.
@@ -62,6 +71,7 @@ trait Side: std::ops::DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> 
     type Data: Send;
     fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
     fn into_conn(self) -> Conn;
+    fn into_kernel(self) -> Result<(rustls::ExtractedSecrets, Kernel), rustls::Error>;
 }
 
 impl Side for UnbufferedServerConnection {
@@ -72,6 +82,9 @@ impl Side for UnbufferedServerConnection {
     fn into_conn(self) -> Conn {
         Conn::Server(self)
     }
+    fn into_kernel(self) -> Result<(rustls::ExtractedSecrets, Kernel), rustls::Error> {
+        self.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
+    }
 }
 
 impl Side for UnbufferedClientConnection {
@@ -81,6 +94,9 @@ impl Side for UnbufferedClientConnection {
     }
     fn into_conn(self) -> Conn {
         Conn::Client(self)
+    }
+    fn into_kernel(self) -> Result<(rustls::ExtractedSecrets, Kernel), rustls::Error> {
+        self.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Client(k)))
     }
 }
 
@@ -99,8 +115,15 @@ enum Step {
 }
 
 /// Runs the handshake to its end: our records out, the peer's in, until rustls says the handshake
-/// is complete (for a server: the client's certificate and Finished are verified).
-async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Result<Link, HandshakeError> {
+/// is complete (for a server: the client's certificate and Finished are verified). With `ktls`, the
+/// peer's records are read one at a time, so that nothing after its last handshake record is read
+/// from the socket: that is the kernel's to open.
+async fn drive<S: Side>(
+    mut conn: S,
+    mut tcp: TcpStream,
+    keys: KeyPolicy,
+    ktls: bool,
+) -> Result<Secured, HandshakeError> {
     let mut incoming = vec![0u8; 16 * 1024];
     let mut used = 0;
     let mut outgoing: Vec<u8> = Vec::new();
@@ -188,7 +211,9 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
                     }
                     incoming.resize((incoming.len() * 2).min(MAX_HANDSHAKE_BUFFER), 0);
                 }
-                let n = tcp.read(&mut incoming[used..]).await.map_err(HandshakeError::Io)?;
+                let want = if ktls { used + to_record_end(&incoming[..used]) } else { incoming.len() };
+                let want = want.min(incoming.len());
+                let n = tcp.read(&mut incoming[used..want]).await.map_err(HandshakeError::Io)?;
                 if n == 0 {
                     return Err(HandshakeError::Closed);
                 }
@@ -198,8 +223,28 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
     };
     let negotiated = negotiated(&conn);
     let peer_certificates = conn.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+    // The kernel can take over only from a record boundary with nothing read ahead, and not the
+    // test knob's rekeying (the kernel cannot change keys by itself).
+    let kernel_may = ktls
+        && used == 0
+        && early.is_empty()
+        && !peer_closed
+        && failed.is_none()
+        && !matches!(keys, KeyPolicy::Rekey { every: Some(_) })
+        && matches!((conn.negotiated_cipher_suite(), conn.protocol_version()),
+            (Some(suite), Some(version)) if super::ktls::supports(suite, version));
+    if kernel_may && super::ktls::attach(&tcp).is_ok() {
+        let (secrets, kernel) = conn.into_kernel().map_err(HandshakeError::tls)?;
+        let limit = match keys {
+            KeyPolicy::EndTunnel { after } => Some(after),
+            KeyPolicy::Rekey { .. } => None,
+        };
+        return KernelLink::new(tcp, secrets, kernel, negotiated, peer_certificates, limit)
+            .map(Secured::Kernel)
+            .map_err(HandshakeError::Kernel);
+    }
     incoming.truncate(used);
-    Ok(Link::new(
+    Ok(Secured::Rustls(Link::new(
         tcp,
         conn.into_conn(),
         negotiated,
@@ -209,7 +254,26 @@ async fn drive<S: Side>(mut conn: S, mut tcp: TcpStream, keys: KeyPolicy) -> Res
         peer_closed,
         failed,
         keys,
-    ))
+    )))
+}
+
+/// How many more bytes complete the record that `buf` (whole records, then part of one) ends in:
+/// the rest of its 5-byte header, or of its body once the header is there.
+fn to_record_end(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        let Some(header) = buf.get(at..at + 5) else {
+            return at + 5 - buf.len();
+        };
+        let end = at + 5 + u16::from_be_bytes([header[3], header[4]]) as usize;
+        if end > buf.len() {
+            return end - buf.len();
+        }
+        at = end;
+        if at == buf.len() {
+            return 5;
+        }
+    }
 }
 
 /// `VERSION/SUITE` of a finished handshake, for the log.

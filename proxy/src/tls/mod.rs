@@ -9,6 +9,7 @@
 pub(crate) mod buffer;
 pub(crate) mod handshake;
 pub(crate) mod identity;
+pub(crate) mod ktls;
 pub(crate) mod link;
 pub(crate) mod validate;
 
@@ -67,6 +68,49 @@ fn validated(
         Ok(())
     } else {
         Err(TlsError::Invalid(found.problems))
+    }
+}
+
+/// An established TLS connection: rustls seals and opens its records ([`link::Link`]), or the
+/// kernel does ([`ktls::KernelLink`]).
+/// (One per tunnel, moved a few times: not worth a box.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Secured {
+    Rustls(link::Link),
+    Kernel(ktls::KernelLink),
+}
+
+impl Secured {
+    pub(crate) fn tcp(&self) -> &tokio::net::TcpStream {
+        match self {
+            Secured::Rustls(l) => l.tcp(),
+            Secured::Kernel(k) => k.tcp(),
+        }
+    }
+
+    /// `VERSION/SUITE`, e.g. `TLSv1_3/TLS13_AES_256_GCM_SHA384`.
+    pub(crate) fn negotiated(&self) -> &str {
+        match self {
+            Secured::Rustls(l) => l.negotiated(),
+            Secured::Kernel(k) => k.negotiated(),
+        }
+    }
+
+    /// The certificate chain the peer presented, leaf first.
+    pub(crate) fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        match self {
+            Secured::Rustls(l) => l.peer_certificates(),
+            Secured::Kernel(k) => k.peer_certificates(),
+        }
+    }
+
+    /// Who seals and opens the records: `rustls` or `ktls` (for the log and the metric).
+    pub(crate) fn path(&self) -> &'static str {
+        match self {
+            Secured::Rustls(_) => "rustls",
+            Secured::Kernel(_) => "ktls",
+        }
     }
 }
 
@@ -158,6 +202,8 @@ pub(crate) fn server_config(
             .map_err(|e| key_error(files, key_path.clone(), e))?;
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
+        // The keys go to the kernel after the handshake when it does the records (kTLS).
+        config.enable_secret_extraction = true;
         config.alpn_protocols = alpn;
         Ok(Arc::new(config))
     };
@@ -199,6 +245,7 @@ pub(crate) fn client_config(
         .with_client_auth_cert(chain, key)
         .map_err(|e| key_error(files, key_path, e))?;
     config.resumption = rustls::client::Resumption::disabled();
+    config.enable_secret_extraction = true;
     if protocol == Transport::RpcTls {
         config.alpn_protocols = vec![crate::rpc::ALPN.to_vec()];
     }

@@ -23,6 +23,7 @@ use crate::rpc;
 use crate::tls::handshake;
 use crate::tls::identity::peer_name;
 use crate::tls::link::Link;
+use crate::tls::Secured;
 use crate::tunnel::net;
 use crate::tunnel::refuse::RefuseReason;
 use crate::tunnel::{key_policy, Established, Mode, OriginalDst};
@@ -38,6 +39,9 @@ pub struct ClientMode {
     pub keepalive: Keepalive,
     /// Hidden test knob, see [`crate::config::Common::key_update_every`].
     pub key_update_every: Option<u64>,
+    /// Hand the records of tunnels to the kernel where it can take them (`--ktls auto`, and the
+    /// kernel can).
+    pub ktls: bool,
     /// Which local port the upstream connections come from.
     pub source_port: SourcePort,
     /// How long an accepted connection is held while every server is unreachable.
@@ -154,10 +158,10 @@ async fn wait_or_hangup(tcp: &TcpStream, pause: Duration) -> Result<(), RefuseRe
 impl ClientMode {
     /// One round over the servers in order: the first that completes a handshake, or the last
     /// failure.
-    async fn first_server(&self) -> Result<(Link, SocketAddr), RefuseReason> {
+    async fn first_server(&self) -> Result<(Secured, SocketAddr), RefuseReason> {
         let mut last = RefuseReason::Unreachable("no server configured".into());
         for upstream in &self.servers {
-            match self.dial(upstream).await {
+            match self.dial_with(upstream, self.ktls).await {
                 Ok(found) => {
                     self.failures.succeeded(upstream);
                     return Ok(found);
@@ -171,8 +175,21 @@ impl ClientMode {
         Err(last)
     }
 
-    /// Dials one server: connect, the RFC 9289 probe (rpc-tls mode), and a complete TLS handshake.
+    /// Dials one server for a probe of our own (health, `check`): records in rustls, whatever
+    /// `--ktls` says, as the probe reads and writes them itself.
     pub(crate) async fn dial(&self, upstream: &Upstream) -> Result<(Link, SocketAddr), RefuseReason> {
+        match self.dial_with(upstream, false).await? {
+            (Secured::Rustls(link), addr) => Ok((link, addr)),
+            (Secured::Kernel(_), _) => unreachable!("kTLS was not asked for"),
+        }
+    }
+
+    /// Dials one server: connect, the RFC 9289 probe (rpc-tls mode), and a complete TLS handshake.
+    async fn dial_with(
+        &self,
+        upstream: &Upstream,
+        ktls: bool,
+    ) -> Result<(Secured, SocketAddr), RefuseReason> {
         let name = ServerName::try_from(upstream.server_name.clone()).map_err(|_| {
             RefuseReason::Tls(format!("{:?} is not a valid server name", upstream.server_name))
         })?;
@@ -191,7 +208,7 @@ impl ClientMode {
         let config = self.tls.borrow().clone();
         match tokio::time::timeout_at(
             deadline,
-            handshake::connect(config, name, tcp, key_policy(self.protocol, self.key_update_every)),
+            handshake::connect(config, name, tcp, key_policy(self.protocol, self.key_update_every), ktls),
         )
         .await
         {

@@ -2,12 +2,14 @@
 //! open (mode-specific: handshake, authorize, connect) -> splice -> one summary line.
 //!
 //! - [`Mode`], [`Ctx`], [`run_one`]: the pipeline; [`server`], [`client`]: each mode's `open()`
-//! - [`splice`]: the two-way copy; [`refuse`]: refusal reasons and their one log line
+//! - [`splice`]: the two-way copy (rustls' records); [`kernel`]: the same with kTLS and splice(2);
+//!   [`refuse`]: refusal reasons and their one log line
 //! - [`registry`]: the open tunnels; [`net`]: socket options and dialling
 //! - [`admit`]: the handshake budget and the tunnel permits
 
 pub(crate) mod admit;
 pub(crate) mod client;
+pub(crate) mod kernel;
 pub(crate) mod net;
 pub(crate) mod refuse;
 pub(crate) mod registry;
@@ -24,7 +26,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Keepalive, Transport};
-use crate::tls::link::{KeyPolicy, Link, RPC_TLS_RECORD_LIMIT};
+use crate::tls::link::{KeyPolicy, RPC_TLS_RECORD_LIMIT};
+use crate::tls::Secured;
 use admit::{Admission, Budget};
 use refuse::{Refusals, RefuseReason};
 use registry::Tunnels;
@@ -118,7 +121,7 @@ impl<M> Ctx<M> {
 #[derive(Debug)]
 pub struct Established {
     /// The TLS side: accepted in server mode, dialled in client mode.
-    pub(crate) link: Link,
+    pub(crate) link: Secured,
     /// The plain side: the NFS server (server mode) or the local NFS client (client mode).
     pub(crate) plain: TcpStream,
     /// CN of the certificate the TLS peer presented (the client's on a server, the server's on a client).
@@ -233,7 +236,9 @@ pub(crate) async fn run_one<M: Mode>(
         entry.cut("listen address lost during the handshake");
     }
     let transport = opened.transport.word();
+    let path = opened.link.path();
     ctx.metrics.opened(&opened.identity, transport, started.elapsed());
+    ctx.metrics.record_path(path);
     match &opened.original_dst {
         Some(dst) => {
             ctx.metrics.redirected(&dst.label());
@@ -243,6 +248,7 @@ pub(crate) async fn run_one<M: Mode>(
                 upstream = %opened.upstream,
                 transport,
                 tls = %opened.tls,
+                path,
                 original_dst = %dst.addr,
                 "tunnel opened"
             )
@@ -253,12 +259,19 @@ pub(crate) async fn run_one<M: Mode>(
             upstream = %opened.upstream,
             transport,
             tls = %opened.tls,
+            path,
             "tunnel opened"
         ),
     }
-    let end =
-        splice(opened.link, opened.plain, M::TLS_INBOUND, &entry.counters, &entry.switch, ctx.write_stall)
-            .await;
+    let (counters, cut) = (&entry.counters, &entry.switch);
+    let end = match opened.link {
+        Secured::Rustls(link) => {
+            splice(link, opened.plain, M::TLS_INBOUND, counters, cut, ctx.write_stall).await
+        }
+        Secured::Kernel(link) => {
+            kernel::splice(link, opened.plain, M::TLS_INBOUND, counters, cut, ctx.write_stall).await
+        }
+    };
     drop(registered);
     // The tunnel permit goes back only now.
     drop(admission);

@@ -148,6 +148,8 @@ impl RefuseReason {
             H::Tls { error, presented: None } => Self::from_tls(&error),
             H::Io(e) => Self::from_io(&e),
             H::Closed => Self::ClosedEarly,
+            // The kernel refused keys its own probe accepted: ours, not the peer's.
+            H::Kernel(e) => Self::Tls(format!("kTLS: the kernel refused the keys: {e}")),
         }
     }
 

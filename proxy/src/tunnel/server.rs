@@ -35,6 +35,9 @@ pub struct ServerMode {
     pub keepalive: Keepalive,
     /// Hidden test knob, see [`crate::config::Common::key_update_every`].
     pub key_update_every: Option<u64>,
+    /// Hand the records of tunnels to the kernel where it can take them (`--ktls auto`, and the
+    /// kernel can).
+    pub ktls: bool,
 }
 
 impl Mode for ServerMode {
@@ -65,7 +68,7 @@ impl Mode for ServerMode {
         };
         let link = match tokio::time::timeout_at(
             deadline,
-            handshake::accept(config, tcp, key_policy(transport, self.key_update_every)),
+            handshake::accept(config, tcp, key_policy(transport, self.key_update_every), self.ktls),
         )
         .await
         {

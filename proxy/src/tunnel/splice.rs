@@ -39,6 +39,9 @@ pub(crate) enum End {
     /// Towards an RFC 9289 peer, the key sealed its share of records: ended at an RPC record
     /// boundary so that the peer reconnects with fresh keys (see `KeyPolicy::EndTunnel`).
     KeysSpent,
+    /// kTLS: the key sealed its share of records and the kernel cannot change keys; ended with a
+    /// reset (not at an RPC record boundary: the bytes never pass through us), the peer reconnects.
+    KeyLimit,
     /// Closed by us: drain, listener address lost, certificate revoked.
     Cut(String),
     /// A write towards `towards` (`plain` or `tls`) made no progress for `after`
@@ -48,8 +51,8 @@ pub(crate) enum End {
 
 impl End {
     /// Whether the far ends should see a reset rather than an orderly close.
-    fn is_failure(&self) -> bool {
-        matches!(self, End::Tls(_) | End::Plain { .. } | End::Stalled { .. })
+    pub(super) fn is_failure(&self) -> bool {
+        matches!(self, End::Tls(_) | End::Plain { .. } | End::Stalled { .. } | End::KeyLimit)
     }
 }
 
@@ -64,6 +67,9 @@ impl std::fmt::Display for End {
             }
             End::Plain { op, error } => write!(f, "error: {op}: {error}"),
             End::KeysSpent => f.write_str("keys-spent: ended at an RPC record boundary, the peer reconnects"),
+            End::KeyLimit => {
+                f.write_str("key-limit: the kernel's key sealed its share of records, the peer reconnects")
+            }
             End::Cut(why) => write!(f, "cut: {why}"),
             End::Stalled { towards, after } => {
                 write!(f, "stalled: no write progress towards the {towards} side for {}s", after.as_secs())
@@ -81,8 +87,34 @@ impl std::fmt::Display for End {
 /// records' worth and sealed with one write; opened records are written out together. A lone NFS
 /// request goes out at once as one record. `stall_limit`: see [`End::Stalled`].
 pub(crate) async fn splice(
-    mut link: Link,
-    mut plain: TcpStream,
+    link: Link,
+    plain: TcpStream,
+    tls_is_inbound: bool,
+    counters: &Counters,
+    cut: &Cut,
+    stall_limit: Option<Duration>,
+) -> End {
+    let to_tls = ToTls { marks: link.keys_can_run_out().then(RecordMarks::default), ..ToTls::default() };
+    let mut copy = RustlsCopy { link, plain, from_tls: FromTls::default(), to_tls };
+    copy_loop(&mut copy, tls_is_inbound, counters, cut, stall_limit).await
+}
+
+/// The two directions of a tunnel, for [`copy_loop`]: one record path's way of moving bytes.
+pub(super) trait Directions {
+    /// Polls TLS -> plain, then plain -> TLS; each direction's result (ready: done or failed) and
+    /// whether it is pending on a write (its receiver does not read).
+    fn poll(&mut self, cx: &mut Context<'_>, from_count: &AtomicU64, to_count: &AtomicU64) -> [Polled; 2];
+    fn tls(&self) -> &TcpStream;
+    fn plain(&self) -> &TcpStream;
+}
+
+/// One direction's state after a poll: its result, and whether it waits on a write.
+pub(super) type Polled = (Poll<Result<(), End>>, bool);
+
+/// Runs both directions to their end (see [`splice`]): what every record path shares — the stall
+/// watch, the cut, and the reset of both sockets when the tunnel failed.
+pub(super) async fn copy_loop<D: Directions>(
+    d: &mut D,
     tls_is_inbound: bool,
     counters: &Counters,
     cut: &Cut,
@@ -90,42 +122,33 @@ pub(crate) async fn splice(
 ) -> End {
     let (from_count, to_count) =
         if tls_is_inbound { (&counters.up, &counters.down) } else { (&counters.down, &counters.up) };
-    let mut from_tls = FromTls::default();
-    let mut to_tls = ToTls { marks: link.keys_can_run_out().then(RecordMarks::default), ..ToTls::default() };
     let (mut from_stall, mut to_stall) = (Stall::default(), Stall::default());
     let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
     let copy = std::future::poll_fn(|cx| {
         let written = (from_count.load(Ordering::Relaxed), to_count.load(Ordering::Relaxed));
-        let from = from_tls.poll(cx, &mut link, &mut plain, from_count);
-        if let Poll::Ready(Err(e)) = from {
-            return Poll::Ready(e);
-        }
-        let to = to_tls.poll(cx, &mut link, &mut plain, to_count);
-        if let Poll::Ready(Err(e)) = to {
-            return Poll::Ready(e);
-        }
+        let [(from, from_writing), (to, to_writing)] = d.poll(cx, from_count, to_count);
+        let (from, to) = match (from, to) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(e),
+            pair => pair,
+        };
         if from.is_ready() && to.is_ready() {
             return Poll::Ready(End::Closed);
         }
         let now = Instant::now();
         from_stall.update(
-            from.is_pending() && from_tls.writing,
+            from.is_pending() && from_writing,
             from_count.load(Ordering::Relaxed) != written.0,
             now,
         );
-        to_stall.update(
-            to.is_pending() && to_tls.writing,
-            to_count.load(Ordering::Relaxed) != written.1,
-            now,
-        );
+        to_stall.update(to.is_pending() && to_writing, to_count.load(Ordering::Relaxed) != written.1, now);
         // While a direction cannot write, nothing reads its source: look there for a reset.
         if from_stall.since.is_some() {
-            if let Some(error) = source_failed(cx, link.tcp()) {
+            if let Some(error) = source_failed(cx, d.tls()) {
                 return Poll::Ready(End::Tls(LinkError::Read(error)));
             }
         }
         if to_stall.since.is_some() {
-            if let Some(error) = source_failed(cx, &plain) {
+            if let Some(error) = source_failed(cx, d.plain()) {
                 return Poll::Ready(End::Plain { op: "read", error });
             }
         }
@@ -154,11 +177,38 @@ pub(crate) async fn splice(
     };
     if end.is_failure() {
         // Dropping a socket with SO_LINGER 0 sends a reset instead of a FIN.
-        for tcp in [link.tcp(), &plain] {
+        for tcp in [d.tls(), d.plain()] {
             let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
         }
     }
     end
+}
+
+/// rustls' record layer: plaintext through pooled buffers, [`Link`] seals and opens.
+struct RustlsCopy {
+    link: Link,
+    plain: TcpStream,
+    from_tls: FromTls,
+    to_tls: ToTls,
+}
+
+impl Directions for RustlsCopy {
+    fn poll(&mut self, cx: &mut Context<'_>, from_count: &AtomicU64, to_count: &AtomicU64) -> [Polled; 2] {
+        let from = self.from_tls.poll(cx, &mut self.link, &mut self.plain, from_count);
+        if from.is_ready() && !matches!(from, Poll::Ready(Ok(()))) {
+            return [(from, self.from_tls.writing), (Poll::Pending, false)];
+        }
+        let to = self.to_tls.poll(cx, &mut self.link, &mut self.plain, to_count);
+        [(from, self.from_tls.writing), (to, self.to_tls.writing)]
+    }
+
+    fn tls(&self) -> &TcpStream {
+        self.link.tcp()
+    }
+
+    fn plain(&self) -> &TcpStream {
+        &self.plain
+    }
 }
 
 /// How often a direction that cannot write looks at its source (a reset is not always signalled
@@ -346,7 +396,7 @@ fn write_some(cx: &mut Context<'_>, w: &mut TcpStream, buf: &[u8]) -> Poll<Resul
 }
 
 /// Shuts the plain writer down after the end of input (passing the half-close on).
-fn poll_finish(cx: &mut Context<'_>, w: &mut TcpStream) -> Poll<Result<(), End>> {
+pub(super) fn poll_finish(cx: &mut Context<'_>, w: &mut TcpStream) -> Poll<Result<(), End>> {
     match ready!(Pin::new(w).poll_shutdown(cx)) {
         Ok(()) => Poll::Ready(Ok(())),
         // The other side already went away entirely; that is its close, not our error.

@@ -5,6 +5,7 @@
 //!   FreeBSD a CARP address stays configured on the BACKUP node as well, so there it means: assigned,
 //!   and if it belongs to a CARP vhid, that vhid is MASTER on the interface holding it (`SIOCGVH`).
 //! - [`Privileges`]: the user and group to run as after binding.
+//! - [`ktls`]: kernel TLS (the `tls` ULP, splice(2), records that are not application data).
 //!
 //! The FreeBSD part is type-checked in CI (`cargo check --target x86_64-unknown-freebsd`) but could not
 //! be run here: there is no FreeBSD host and no CARP on the test machines.
@@ -15,6 +16,8 @@ use std::io;
 use std::net::IpAddr;
 
 use nix::unistd::{Gid, Group, Uid, User};
+
+pub(crate) mod ktls;
 
 /// Whether a server listen address follows ownership: every address but wildcard and loopback ones,
 /// which are always this host's.

@@ -1,0 +1,249 @@
+//! The two-way copy of a tunnel whose records the kernel seals and opens ([`KernelLink`], kTLS):
+//! each direction moves bytes socket -> pipe -> socket with splice(2), so they never enter user
+//! space. The contract is [`super::splice::splice`]'s: half-close passed on (the peer's
+//! close_notify becomes a FIN on the plain side, a FIN from the plain side our close_notify then a
+//! FIN), failures end the tunnel with resets, stalls are watched, a cut is honoured.
+//!
+//! What the kernel hands up that is not application data stops splice(2) with `EINVAL`; the
+//! record is then read and acted on by [`KernelLink::take_record`] (close_notify, an alert, a
+//! session ticket, a KeyUpdate). A record the kernel cannot open is `EBADMSG`, and so on: see
+//! [`KernelLink::read_failed`].
+
+use std::io::ErrorKind;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, Interest};
+use tokio::net::TcpStream;
+
+use super::registry::{Counters, Cut};
+use super::splice::{copy_loop, poll_finish, Directions, End, Polled};
+use crate::os::ktls::Pipe;
+use crate::tls::ktls::{Control, KernelLink};
+use crate::tls::link::LinkError;
+
+/// Each direction's pipe: how much one splice(2) moves at most (the kernel may keep its 64 KiB).
+const PIPE_SIZE: usize = 256 * 1024;
+
+/// Copies both ways between the kTLS socket and the plain socket; see [`super::splice::splice`] for
+/// the arguments and the end.
+pub(crate) async fn splice(
+    link: KernelLink,
+    plain: TcpStream,
+    tls_is_inbound: bool,
+    counters: &Counters,
+    cut: &Cut,
+    stall_limit: Option<Duration>,
+) -> End {
+    let pipes = Pipe::new(PIPE_SIZE).and_then(|a| Pipe::new(PIPE_SIZE).map(|b| (a, b)));
+    let (from_pipe, to_pipe) = match pipes {
+        Ok(pipes) => pipes,
+        Err(error) => {
+            let _ = socket2::SockRef::from(&plain).set_linger(Some(Duration::ZERO));
+            let _ = socket2::SockRef::from(link.tcp()).set_linger(Some(Duration::ZERO));
+            return End::Plain { op: "pipe", error };
+        }
+    };
+    let mut copy = KernelCopy {
+        link,
+        plain,
+        from_tls: FromKernel { pipe: from_pipe, spill: Vec::new(), state: State::default() },
+        to_tls: ToKernel { pipe: to_pipe, state: State::default(), close_sent: false },
+    };
+    copy_loop(&mut copy, tls_is_inbound, counters, cut, stall_limit).await
+}
+
+struct KernelCopy {
+    link: KernelLink,
+    plain: TcpStream,
+    from_tls: FromKernel,
+    to_tls: ToKernel,
+}
+
+impl Directions for KernelCopy {
+    fn poll(&mut self, cx: &mut Context<'_>, from_count: &AtomicU64, to_count: &AtomicU64) -> [Polled; 2] {
+        let from = self.from_tls.poll(cx, &mut self.link, &mut self.plain, from_count);
+        if from.is_ready() && !matches!(from, Poll::Ready(Ok(()))) {
+            return [(from, self.from_tls.state.writing), (Poll::Pending, false)];
+        }
+        let to = self.to_tls.poll(cx, &mut self.link, &self.plain, to_count);
+        [(from, self.from_tls.state.writing), (to, self.to_tls.state.writing)]
+    }
+
+    fn tls(&self) -> &TcpStream {
+        self.link.tcp()
+    }
+
+    fn plain(&self) -> &TcpStream {
+        &self.plain
+    }
+}
+
+/// Where a direction is.
+#[derive(Default)]
+struct State {
+    read_done: bool,
+    done: bool,
+    /// Pending on a write (not on a read).
+    writing: bool,
+}
+
+/// kTLS -> plain.
+struct FromKernel {
+    pipe: Pipe,
+    /// Application data read with a record (see [`Control::Data`]), written before the pipe.
+    spill: Vec<u8>,
+    state: State,
+}
+
+impl FromKernel {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        link: &mut KernelLink,
+        plain: &mut TcpStream,
+        count: &AtomicU64,
+    ) -> Poll<Result<(), End>> {
+        if self.state.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            self.state.writing = true;
+            while !self.spill.is_empty() {
+                let n = match ready!(Pin::new(&mut *plain).poll_write(cx, &self.spill)) {
+                    Ok(0) => return Poll::Ready(Err(plain_error("write", ErrorKind::WriteZero.into()))),
+                    Ok(n) => n,
+                    Err(e) => return Poll::Ready(Err(plain_error("write", e))),
+                };
+                self.spill.drain(..n);
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            while self.pipe.held > 0 {
+                if let Err(e) = ready!(plain.poll_write_ready(cx)) {
+                    return Poll::Ready(Err(plain_error("write", e)));
+                }
+                match plain.try_io(Interest::WRITABLE, || self.pipe.drain_to(plain.as_fd())) {
+                    Ok(0) => return Poll::Ready(Err(plain_error("write", ErrorKind::WriteZero.into()))),
+                    Ok(n) => {
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(plain_error("write", e))),
+                }
+            }
+            if self.state.read_done {
+                ready!(poll_finish(cx, plain))?;
+                self.state.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            self.state.writing = false;
+            let tcp = link.tcp();
+            if let Err(e) = ready!(tcp.poll_read_ready(cx)) {
+                return Poll::Ready(Err(End::Tls(LinkError::Read(e))));
+            }
+            match tcp.try_io(Interest::READABLE, || self.pipe.fill_from(tcp.as_fd(), PIPE_SIZE)) {
+                // TCP's end without close_notify. The kernel does not say whether it came in the
+                // middle of a record (it drops the part), so it is taken as the end of input.
+                Ok(0) => self.state.read_done = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                // Not application data: an alert or a post-handshake message.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match link.take_record() {
+                    Ok(Control::Handled) => {}
+                    Ok(Control::Closed) => self.state.read_done = true,
+                    Ok(Control::Data(data)) => self.spill = data,
+                    Err(e) => return Poll::Ready(Err(End::Tls(e))),
+                },
+                Err(e) => return Poll::Ready(Err(End::Tls(link.read_failed(e)))),
+            }
+        }
+    }
+}
+
+/// plain -> kTLS.
+struct ToKernel {
+    pipe: Pipe,
+    state: State,
+    close_sent: bool,
+}
+
+impl ToKernel {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        link: &mut KernelLink,
+        plain: &TcpStream,
+        count: &AtomicU64,
+    ) -> Poll<Result<(), End>> {
+        if self.state.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            self.state.writing = true;
+            while self.pipe.held > 0 {
+                if let Err(e) = ready!(link.tcp().poll_write_ready(cx)) {
+                    return Poll::Ready(Err(End::Tls(LinkError::Write(e))));
+                }
+                let tcp = link.tcp();
+                match tcp.try_io(Interest::WRITABLE, || self.pipe.drain_to(tcp.as_fd())) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(End::Tls(LinkError::Write(ErrorKind::WriteZero.into()))))
+                    }
+                    Ok(n) => {
+                        link.sealed(n);
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(End::Tls(LinkError::Write(e)))),
+                }
+            }
+            if self.state.read_done {
+                ready!(self.poll_close(cx, link))?;
+                self.state.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if link.keys_spent() {
+                return Poll::Ready(Err(End::KeyLimit));
+            }
+            self.state.writing = false;
+            if let Err(e) = ready!(plain.poll_read_ready(cx)) {
+                return Poll::Ready(Err(plain_error("read", e)));
+            }
+            match plain.try_io(Interest::READABLE, || self.pipe.fill_from(plain.as_fd(), PIPE_SIZE)) {
+                Ok(0) => self.state.read_done = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(plain_error("read", e))),
+            }
+        }
+    }
+
+    /// close_notify, then FIN: the end of the plain side's input passed on.
+    fn poll_close(&mut self, cx: &mut Context<'_>, link: &KernelLink) -> Poll<Result<(), End>> {
+        let tcp = link.tcp();
+        while !self.close_sent {
+            if let Err(e) = ready!(tcp.poll_write_ready(cx)) {
+                return Poll::Ready(Err(End::Tls(LinkError::Write(e))));
+            }
+            match tcp.try_io(Interest::WRITABLE, || link.send_close_notify()) {
+                Ok(()) => self.close_sent = true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(End::Tls(LinkError::Write(e)))),
+            }
+        }
+        match socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) if matches!(e.kind(), ErrorKind::NotConnected | ErrorKind::BrokenPipe) => {
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => Poll::Ready(Err(End::Tls(LinkError::Write(e)))),
+        }
+    }
+}
+
+fn plain_error(op: &'static str, error: std::io::Error) -> End {
+    End::Plain { op, error }
+}
