@@ -39,7 +39,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => {
                 let cfg = config::Server::resolve(&args)?;
-                let running = crate::serve::start_server(&cfg).await?;
+                let handover = args.common.handover_socket.as_deref();
+                let running = crate::serve::start_server_taking_over(&cfg, handover).await?;
                 let material = Material::read(&cfg.common.tls, cfg.crl.as_deref(), &cfg.allow);
                 let watch = Watch::new(&cfg.common, cfg.crl.clone(), material)?;
                 serve_until_signal(running, watch, |running| {
@@ -58,7 +59,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Client(args) => {
                 let cfg = config::Client::resolve(&args)?;
-                let running = crate::serve::start_client(&cfg).await?;
+                let handover = args.common.handover_socket.as_deref();
+                let running = crate::serve::start_client_taking_over(&cfg, handover).await?;
                 let material = Material::read(&cfg.common.tls, None, &config::AllowList::default());
                 let watch = Watch::new(&cfg.common, None, material)?;
                 serve_until_signal(running, watch, |running| {
@@ -224,12 +226,16 @@ async fn serve_until_signal<M: Mode>(
     if let Err(e) = crate::os::sd_notify("READY=1") {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
+    // Last, once everything above went well: a predecessor (--handover-socket) may stop now.
+    running.handover_ready().await;
+    let handed_over = running.handed_over();
     let mut reload_tick = every(watch.reload_every);
     let mut expiry_tick = every(Some(crate::ops::expiry::CHECK_EVERY));
     let which = loop {
         let why = tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
+            _ = handed_over.cancelled() => break "hand-over",
             _ = hup.recv() => "SIGHUP",
             _ = tick(&mut reload_tick) => "--reload-every",
             _ = tick(&mut expiry_tick) => {
@@ -279,7 +285,16 @@ async fn serve_until_signal<M: Mode>(
     let _ = crate::os::sd_notify("STOPPING=1");
     let cut = running.shutdown(watch.drain).await;
     if let Some(status) = watch.status.take() {
-        status.remove();
+        // After a hand-over the pid file may be the successor's by now (same path): leave it.
+        let ours = watch
+            .pid_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| t.trim().to_owned())
+            == Some(std::process::id().to_string());
+        if ours {
+            status.remove();
+        }
     }
     tracing::info!(cut, "stopped");
     Ok(())

@@ -36,13 +36,18 @@ pub struct OpsError {
     pub error: std::io::Error,
 }
 
-/// Binds `addr` and serves until `stop`; returns the bound address.
+/// Serves on `listener` (bound to `addr`, or handed over by the previous proxy) until `stop`;
+/// returns the bound address.
 pub(crate) async fn start<M: Mode>(
     addr: SocketAddr,
+    listener: std::net::TcpListener,
     ctx: Arc<Ctx<M>>,
     stop: CancellationToken,
 ) -> Result<SocketAddr, OpsError> {
-    let listener = TcpListener::bind(addr).await.map_err(|error| OpsError { addr, error })?;
+    let listener = listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+        .map_err(|error| OpsError { addr, error })?;
     let local = listener.local_addr().map_err(|error| OpsError { addr, error })?;
     tracing::info!(metrics = %local, "serving /metrics, /healthz and /tunnels");
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS));

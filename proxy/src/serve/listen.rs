@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::serve::handover::{Handover, Kind};
 use crate::serve::Accepting;
 use crate::tunnel::{ListenState, Mode};
 
@@ -15,9 +16,26 @@ use crate::tunnel::{ListenState, Mode};
 pub(crate) const ADDRESS_POLL: Duration = Duration::from_millis(500);
 
 /// Binds `addr` with a listen queue of `backlog` (None: the system's maximum); returns the listener
-/// and the address it got (the port, if 0 was asked for).
-pub(crate) fn bind(addr: SocketAddr, backlog: Option<u32>) -> std::io::Result<(TcpListener, SocketAddr)> {
+/// and the address it got (the port, if 0 was asked for). A listening socket for `addr` that systemd
+/// passed, or that the running proxy handed over (`handover`), is taken instead.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    backlog: Option<u32>,
+    handover: Option<&Handover>,
+) -> std::io::Result<(TcpListener, SocketAddr)> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if let Some((fd, pid)) = handover.and_then(|h| h.adopt(Kind::Listen, addr)) {
+        let socket = Socket::from(fd);
+        if socket.is_listener().unwrap_or(false) {
+            // Its backlog stays as the previous proxy set it.
+            socket.set_nonblocking(true)?;
+            tracing::info!(listen = %addr, from_pid = pid, "using the listening socket the running proxy handed over");
+            let listener = TcpListener::from_std(socket.into())?;
+            let local = listener.local_addr()?;
+            return Ok((listener, local));
+        }
+        tracing::warn!(listen = %addr, from_pid = pid, "the handed-over socket is not listening; binding afresh");
+    }
     if let Some(inherited) = crate::os::activated_listener(addr) {
         // systemd socket activation: its socket, its backlog (ListenStream's Backlog=).
         inherited.set_nonblocking(true)?;
@@ -91,7 +109,7 @@ pub(crate) async fn follow_address<M: Mode>(
             }
         };
         match (&serving, owned) {
-            (None, true) => match bind(addr, acc.backlog) {
+            (None, true) => match bind(addr, acc.backlog, None) {
                 Ok((listener, local)) => {
                     tracing::info!(mode = M::NAME, listen = %addr, "address acquired");
                     acc.ctx.set_listen_state(addr, ListenState::Serving);

@@ -1,7 +1,9 @@
 //! Serving: the accept loop of both modes (a handshake slot for each connection, back off on accept
 //! errors, spawn) and the drain on shutdown; [`start`]: start_server/start_client; [`listen`]:
-//! listeners that follow the VIP; [`reload`]: SIGHUP / --reload-every.
+//! listeners that follow the VIP; [`reload`]: SIGHUP / --reload-every; [`handover`]: the listening
+//! sockets passed to a successor (hitless restart without systemd).
 
+pub(crate) mod handover;
 pub(crate) mod listen;
 pub(crate) mod reload;
 mod start;
@@ -22,6 +24,7 @@ use crate::tunnel::registry::Tunnels;
 use crate::tunnel::{run_one, Ctx, ListenState, Mode};
 
 pub use start::{start_client, start_server, StartError};
+pub(crate) use start::{start_client_taking_over, start_server_taking_over};
 
 /// A running proxy: its bound addresses, and the handle to stop it.
 #[derive(Debug)]
@@ -32,6 +35,8 @@ pub struct Running<M> {
     stop_accepting: CancellationToken,
     tracker: TaskTracker,
     accept_loops: TaskTracker,
+    /// `--handover-socket`: what we took over, and what we will hand on.
+    handover: Option<Arc<handover::Handover>>,
 }
 
 /// Why the proxy could not start listening.
@@ -41,6 +46,8 @@ pub enum ListenError {
     Bind { addr: SocketAddr, error: std::io::Error },
     #[error("--listen {addr}: cannot tell whether this host owns the address: {error}")]
     Ownership { addr: SocketAddr, error: std::io::Error },
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
 }
 
 /// What every accept loop shares.
@@ -52,6 +59,8 @@ pub(crate) struct Accepting<M> {
     tracker: TaskTracker,
     loops: TaskTracker,
     pub(crate) stop: CancellationToken,
+    /// Copies of the listening sockets for a successor (`--handover-socket`).
+    shelf: Option<handover::Shelf>,
 }
 
 impl<M> Clone for Accepting<M> {
@@ -62,6 +71,7 @@ impl<M> Clone for Accepting<M> {
             tracker: self.tracker.clone(),
             loops: self.loops.clone(),
             stop: self.stop.clone(),
+            shelf: self.shelf.clone(),
         }
     }
 }
@@ -73,19 +83,28 @@ impl<M: Mode> Accepting<M> {
         tracing::info!(mode = M::NAME, listen = %local, backlog, "listening");
         self.ctx.set_serving(local, true);
         let own = self.stop.child_token();
-        self.loops.spawn(accept_loop(listener, local, self.clone(), own.clone()));
+        let shelved = self.shelf.as_ref().and_then(|shelf| {
+            shelf
+                .put(handover::Kind::Listen, local, &listener)
+                .inspect_err(|e| tracing::warn!(listen = %local, error = %e, "cannot keep this listener for a hand-over"))
+                .ok()
+        });
+        self.loops.spawn(accept_loop(listener, local, self.clone(), own.clone(), shelved));
         own
     }
 }
 
-/// Binds every listen address (or, with [`listen::Follow::Ownership`], waits for it) and starts accepting.
+/// Binds every listen address (or, with [`listen::Follow::Ownership`], waits for it) and starts
+/// accepting. With `handover`, a listener handed over by the running proxy is taken instead of a bind.
 pub(crate) async fn start<M: Mode>(
     mode: M,
     listen: &[SocketAddr],
     follow: listen::Follow,
     common: &Common,
+    handover: Option<&std::path::Path>,
 ) -> Result<Running<M>, ListenError> {
     let limits = common.limits;
+    let handover = handover.map(|path| handover::Handover::prepare(path, M::NAME)).transpose()?.map(Arc::new);
     // Decide and bind everything first, so a bad address fails start-up before anything runs.
     let mut plan = Vec::new();
     for &addr in listen {
@@ -97,7 +116,7 @@ pub(crate) async fn start<M: Mode>(
         };
         let listener = if owned {
             Some(
-                listen::bind(addr, limits.listen_backlog)
+                listen::bind(addr, limits.listen_backlog, handover.as_deref())
                     .map_err(|error| ListenError::Bind { addr, error })?,
             )
         } else {
@@ -131,6 +150,7 @@ pub(crate) async fn start<M: Mode>(
         tracker: TaskTracker::new(),
         loops: TaskTracker::new(),
         stop: CancellationToken::new(),
+        shelf: handover.as_ref().map(|h| h.shelf.clone()),
     };
     let mut local_addrs = Vec::new();
     for (addr, followed, listener) in plan {
@@ -157,6 +177,7 @@ pub(crate) async fn start<M: Mode>(
         stop_accepting: acc.stop.clone(),
         tracker: acc.tracker.clone(),
         accept_loops: acc.loops.clone(),
+        handover,
     })
 }
 
@@ -180,6 +201,8 @@ async fn accept_loop<M: Mode>(
     local: SocketAddr,
     acc: Accepting<M>,
     stop: CancellationToken,
+    // Off the hand-over shelf when this loop ends, so the socket closes with the listener.
+    _shelved: Option<handover::Shelved>,
 ) {
     let ctx = &acc.ctx;
     let mut backoff = Duration::from_millis(10);
@@ -226,12 +249,61 @@ impl<M: Mode> Running<M> {
         self.stop_accepting.clone()
     }
 
+    /// Cancelled when a successor has taken over our listening sockets (`--handover-socket`): stop
+    /// as on SIGTERM. Never cancelled without a hand-over socket.
+    pub fn handed_over(&self) -> CancellationToken {
+        self.handover.as_ref().map_or_else(CancellationToken::new, |h| h.handed_over.clone())
+    }
+
+    /// Once the proxy is ready: a predecessor we took sockets from is told to stop, and from now on
+    /// a successor may take ours. Nothing without `--handover-socket`.
+    pub async fn handover_ready(&self) {
+        if let Some(h) = &self.handover {
+            h.ready(self.stop_accepting.clone()).await;
+        }
+    }
+
+    /// Puts a copy of a listening socket that is not a tunnel listener (the ops endpoint) on the
+    /// hand-over shelf until the proxy stops accepting; returns a socket handed over for `addr`.
+    pub(crate) fn adopt(
+        &self,
+        kind: handover::Kind,
+        addr: SocketAddr,
+    ) -> Option<(std::os::fd::OwnedFd, u32)> {
+        self.handover.as_ref()?.adopt(kind, addr)
+    }
+
+    /// Keeps a copy of `socket` for a successor until the proxy stops accepting.
+    pub(crate) fn shelve(&self, kind: handover::Kind, addr: SocketAddr, socket: &impl std::os::fd::AsFd) {
+        let Some(h) = &self.handover else { return };
+        match h.shelf.put(kind, addr, socket) {
+            Ok(shelved) => {
+                let stop = self.stop_accepting.clone();
+                tokio::spawn(async move {
+                    stop.cancelled().await;
+                    drop(shelved);
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot keep this socket for a hand-over"),
+        }
+    }
+
+    /// After start-up: received sockets that no listener took are closed.
+    pub(crate) fn discard_unadopted(&self) {
+        if let Some(h) = &self.handover {
+            h.discard_unadopted();
+        }
+    }
+
     /// Stops accepting, lets open tunnels finish for `drain`, then cuts the rest. Returns how many
     /// tunnels were cut.
     pub async fn shutdown(self, drain: Duration) -> usize {
         self.stop_accepting.cancel();
         self.accept_loops.wait().await;
         self.tracker.close();
+        if let Some(h) = &self.handover {
+            h.finish();
+        }
         let open = self.ctx.tunnels.snapshot().len();
         tracing::info!(open, drain_ms = drain.as_millis() as u64, "stopped accepting; draining");
         if tokio::time::timeout(drain, self.tracker.wait()).await.is_ok() {

@@ -2,9 +2,11 @@
 //! with `--redirect`, install its nftables rules and keep them in place until it stops.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use tokio::sync::watch;
 
+use super::handover::Kind;
 use super::{listen, Running};
 use crate::config;
 use crate::ops;
@@ -29,6 +31,15 @@ pub enum StartError {
 
 /// Loads the server's TLS material, binds its listeners and starts serving.
 pub async fn start_server(cfg: &config::Server) -> Result<Running<ServerMode>, StartError> {
+    start_server_taking_over(cfg, None).await
+}
+
+/// [`start_server`], taking the listening sockets of a proxy running on `handover`
+/// (`--handover-socket`) instead of binding them, and offering ours there in turn.
+pub(crate) async fn start_server_taking_over(
+    cfg: &config::Server,
+    handover: Option<&Path>,
+) -> Result<Running<ServerMode>, StartError> {
     let c = &cfg.common;
     let reader = tls::Reader::after_drop(c.privileges.as_ref());
     let tls = tls::server_config(
@@ -50,7 +61,7 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<ServerMode>, S
         key_update_every: c.key_update_every,
         ktls: ktls_wanted(c),
     };
-    let running = super::start(mode, &cfg.listen, listen::Follow::Ownership, c).await?;
+    let running = super::start(mode, &cfg.listen, listen::Follow::Ownership, c, handover).await?;
     // Said once everything is bound, never before a bind fails.
     let crl = cfg.crl.as_ref().map_or_else(|| "-".to_owned(), |p| p.display().to_string());
     let allow = cfg.allow.names().collect::<Vec<_>>().join(",");
@@ -62,6 +73,14 @@ pub async fn start_server(cfg: &config::Server) -> Result<Running<ServerMode>, S
 
 /// Loads the client's TLS material, binds its listeners and starts serving.
 pub async fn start_client(cfg: &config::Client) -> Result<Running<ClientMode>, StartError> {
+    start_client_taking_over(cfg, None).await
+}
+
+/// [`start_client`] with a hand-over socket, as [`start_server_taking_over`].
+pub(crate) async fn start_client_taking_over(
+    cfg: &config::Client,
+    handover: Option<&Path>,
+) -> Result<Running<ClientMode>, StartError> {
     let c = &cfg.common;
     let tls = tls::client_config(
         &c.tls,
@@ -83,7 +102,7 @@ pub async fn start_client(cfg: &config::Client) -> Result<Running<ClientMode>, S
         redirects: cfg.redirect.clone(),
         failures: Default::default(),
     };
-    let running = super::start(mode, &cfg.listen, listen::Follow::No, c).await?;
+    let running = super::start(mode, &cfg.listen, listen::Follow::No, c, handover).await?;
     ops::expiry::publish(&running.ctx.metrics, &c.tls, None);
     start_ops(&running, c.metrics).await?;
     // After binding: the rules point at the bound address (a --listen port 0 is known only now).
@@ -203,11 +222,22 @@ async fn keep_redirect(
     drop(guard);
 }
 
+/// Starts the ops endpoint on `addr` (on the socket the running proxy handed over, if any); then
+/// closes handed-over sockets that nothing took.
 async fn start_ops<M: Mode>(running: &Running<M>, addr: Option<SocketAddr>) -> Result<(), StartError> {
     if let Some(addr) = addr {
-        let bound = ops::start(addr, running.ctx.clone(), running.stop_token()).await?;
+        let listener = match running.adopt(Kind::Metrics, addr) {
+            Some((fd, pid)) => {
+                tracing::info!(metrics = %addr, from_pid = pid, "using the metrics socket the running proxy handed over");
+                std::net::TcpListener::from(fd)
+            }
+            None => std::net::TcpListener::bind(addr).map_err(|error| ops::OpsError { addr, error })?,
+        };
+        running.shelve(Kind::Metrics, addr, &listener);
+        let bound = ops::start(addr, listener, running.ctx.clone(), running.stop_token()).await?;
         running.ctx.ops_addr.set(bound).ok();
     }
+    running.discard_unadopted();
     Ok(())
 }
 

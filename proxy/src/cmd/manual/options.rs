@@ -26,6 +26,7 @@ const UNSET: &[(&str, &str)] = &[
     ("user", "keep running as the user that started the proxy"),
     ("metrics", "off"),
     ("pid-file", "none"),
+    ("handover-socket", "off: a restart stops the proxy, then starts it"),
     ("redirect", "none"),
 ];
 
