@@ -75,14 +75,16 @@ echo "$child" >>"$PROCS"
 [ -n "$child_pidfile" ] && echo "$child" >"$child_pidfile"
 supervise='child=$1 cpid=$2 spid=$3
 alive() { [ -e /proc/$1 ] && ! grep -q "^[0-9]* (.*) Z" /proc/$1/stat 2>/dev/null; }
+# Only its own pid files, as daemon(8) (funlinkat: not a file that has replaced them under the name).
+unlink_own() { [ "$(cat "$1" 2>/dev/null)" = "$2" ] && rm -f "$1"; }
 stop() {
 	kill -TERM "$child" 2>/dev/null
 	for i in $(seq 100); do alive "$child" || break; sleep 0.1; done
-	rm -f "$cpid" "$spid"; exit 0
+	unlink_own "$cpid" "$child"; unlink_own "$spid" "$$"; exit 0
 }
 trap stop TERM
 for i in $(seq 3000); do alive "$child" || break; sleep 0.1 & wait $!; done
-rm -f "$cpid" "$spid"'
+unlink_own "$cpid" "$child"; unlink_own "$spid" "$$"'
 ( exec -a "daemon: $1[$child] (daemon)" bash -c "$supervise" supervisor "$child" "$child_pidfile" "$sup_pidfile" ) \
 	</dev/null >/dev/null 2>&1 &
 sup=$!
@@ -93,7 +95,10 @@ EOF
 
 # Fake nfs-tls-proxy: records every call; `check` fails when ROOT/check-fails exists; `reload` is
 # unknown when ROOT/old-binary exists (as in a binary from before that subcommand), else it signals
-# the pid in --pid-file; server/client run until SIGTERM, logging each SIGHUP and the SIGTERM.
+# the pid in --pid-file; server/client run until SIGTERM, logging each SIGHUP and the SIGTERM. With
+# --handover-socket PATH it "takes over" when PATH is a socket, else creates one there (python3), then
+# writes --pid-file and FILE.reload and logs "ready", as the proxy does once it accepts; it fails
+# instead when ROOT/start-fails exists. At exit it removes its pid files if they are still its own.
 cat >"$ROOT/usr/local/bin/nfs-tls-proxy" <<EOF
 #!/bin/bash
 LOG='$LOG' ROOT='$ROOT'
@@ -112,8 +117,29 @@ reload)
 	read -r pid <"$3" && kill -HUP "$pid"
 	;;
 server | client)
+	pidfile= socket=
+	while [ $# -gt 0 ]; do
+		case "$1" in
+		--pid-file) pidfile=$2; shift ;;
+		--handover-socket) socket=$2; shift ;;
+		esac
+		shift
+	done
+	[ -e "$ROOT/start-fails" ] && { echo "proxy $$ failed" >>"$LOG"; exit 1; }
+	if [ -n "$socket" ] && [ -S "$socket" ]; then
+		echo "proxy $$ took over" >>"$LOG"
+	elif [ -n "$socket" ]; then
+		python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$socket"
+		echo "proxy $$ bound" >>"$LOG"
+	fi
+	if [ -n "$pidfile" ]; then
+		echo $$ >"$pidfile"
+		echo "0 started" >"$pidfile.reload"
+	fi
+	echo "proxy $$ ready" >>"$LOG"
+	gone() { [ -n "$pidfile" ] && [ "$(cat "$pidfile" 2>/dev/null)" = $$ ] && rm -f "$pidfile" "$pidfile.reload"; }
 	trap 'echo "proxy $$ SIGHUP" >>"$LOG"' HUP
-	trap 'echo "proxy $$ SIGTERM" >>"$LOG"; exit 0' TERM
+	trap 'echo "proxy $$ SIGTERM" >>"$LOG"; gone; exit 0' TERM
 	for i in $(seq 3000); do sleep 0.1 & wait $!; done
 	;;
 *) exit 2 ;;
@@ -172,7 +198,8 @@ reset()
 		sleep 0.1
 		n=$((n + 1))
 	done
-	rm -f "$ROOT"/var/run/*.pid "$ROOT/check-fails" "$ROOT/old-binary"
+	rm -f "$ROOT"/var/run/*.pid "$ROOT"/var/run/*.old "$ROOT"/var/run/*.reload "$ROOT"/var/run/*.handover \
+		"$ROOT/check-fails" "$ROOT/old-binary" "$ROOT/start-fails"
 	: >"$LOG"
 }
 
@@ -199,7 +226,7 @@ RUN=$ROOT/var/run
 expect_daemon()
 {
 	# $1 instance, $2 mode, $3 extra proxy flags
-	echo "daemon -S -T $1 -R 5 -P $RUN/$1.pid -p $RUN/$1.child.pid $BIN $2 --config $ETC/$2.toml --pid-file $RUN/$1.child.pid --user nfs-tls-proxy${3:+ $3}"
+	echo "daemon -S -T $1 -R 5 -P $RUN/$1.pid -p $RUN/$1.child.pid $BIN $2 --config $ETC/$2.toml --pid-file $RUN/$1.child.pid --handover-socket $RUN/$1.handover --user nfs-tls-proxy${3:+ $3}"
 }
 
 [ "$(readlink -f /bin/sh)" = "$(command -v dash 2>/dev/null)" ] &&
@@ -231,7 +258,7 @@ out=$(service nfs_tls_proxy start)
 want=$(expect_daemon nfs_tls_proxy server "--log-level debug")
 first=$(head -n 2 "$LOG")
 if has_line "$want" && [ "$first" = "nfs-tls-proxy check --mode server --config $ETC/server.toml
-$want" ] && wait_log "nfs-tls-proxy server --config $ETC/server.toml --pid-file $RUN/nfs_tls_proxy.child.pid --user nfs-tls-proxy --log-level debug"; then
+$want" ] && wait_log "nfs-tls-proxy server --config $ETC/server.toml --pid-file $RUN/nfs_tls_proxy.child.pid --handover-socket $RUN/nfs_tls_proxy.handover --user nfs-tls-proxy --log-level debug"; then
 	pass "$case_"
 else
 	fail "$case_" "output: $out" "log: $(cat "$LOG")" "wanted: $want"
@@ -300,15 +327,68 @@ else
 	fail "$case_" "output: $out / $status" "supervisor alive: $(alive "$sup" && echo yes || echo no)" "log: $(cat "$LOG")"
 fi
 
-case_="service restart: a new supervisor and proxy"
+line_of() { grep -n -m1 -F -- "$1" "$LOG" | cut -d: -f1; }
+
+case_="service restart (hand-over): the new daemon(8) and proxy start first; the old daemon(8) gets SIGTERM only once the new proxy is ready"
 service nfs_tls_proxy start >/dev/null
+wait_log "proxy .* ready"
 old=$(pid_of nfs_tls_proxy)
+old_child=$(cat "$RUN/nfs_tls_proxy.child.pid" 2>/dev/null)
+: >"$LOG"
 out=$(service nfs_tls_proxy restart)
+rc=$?
 new=$(pid_of nfs_tls_proxy)
-if [ -n "$new" ] && [ "$new" != "$old" ] && wait_gone "$old" && [ "$(count_lines '^daemon ')" = 2 ]; then
+new_child=$(cat "$RUN/nfs_tls_proxy.child.pid" 2>/dev/null)
+want=$(expect_daemon nfs_tls_proxy server)
+l_check=$(line_of "nfs-tls-proxy check --mode server")
+l_daemon=$(line_of "$want")
+l_took=$(line_of "proxy $new_child took over")
+l_ready=$(line_of "proxy $new_child ready")
+l_term=$(line_of "proxy $old_child SIGTERM")
+if [ $rc -eq 0 ] && [ -n "$new" ] && [ "$new" != "$old" ] && wait_gone "$old" && ! alive "$old_child" &&
+	alive "$new" && alive "$new_child" && [ -n "$l_check" ] && [ -n "$l_daemon" ] && [ -n "$l_took" ] &&
+	[ -n "$l_ready" ] && [ -n "$l_term" ] && [ "$l_check" -lt "$l_daemon" ] && [ "$l_daemon" -lt "$l_took" ] &&
+	[ "$l_ready" -lt "$l_term" ] && [ "$(count_lines '^daemon ')" = 1 ] &&
+	[ "$(service nfs_tls_proxy status)" = "nfs_tls_proxy is running as pid $new." ] &&
+	[ -z "$(ls "$RUN"/*.old 2>/dev/null)" ]; then
 	pass "$case_"
 else
-	fail "$case_" "old $old new $new" "output: $out"
+	fail "$case_" "exit $rc, output: $out" "old $old/$old_child new $new/$new_child" \
+		"lines: check $l_check daemon $l_daemon took $l_took ready $l_ready SIGTERM $l_term" "log: $(cat "$LOG")" \
+		"run: $(ls "$RUN")"
+fi
+
+case_="service restart (hand-over) when the new proxy fails: it is stopped, the old one goes on, pid files back, exit 1"
+rc_conf 'nfs_tls_proxy_enable="YES"' 'nfs_tls_proxy_handover_wait="1"'
+old=$new
+old_child=$new_child
+touch "$ROOT/start-fails"
+: >"$LOG"
+out=$(service nfs_tls_proxy restart)
+rc=$?
+rm -f "$ROOT/start-fails"
+if [ $rc -ne 0 ] && echo "$out" | grep -q 'did not take over' && alive "$old" && alive "$old_child" &&
+	! grep -q "proxy $old_child SIGTERM" "$LOG" && [ "$(pid_of nfs_tls_proxy)" = "$old" ] &&
+	[ "$(cat "$RUN/nfs_tls_proxy.child.pid" 2>/dev/null)" = "$old_child" ] &&
+	[ "$(service nfs_tls_proxy status)" = "nfs_tls_proxy is running as pid $old." ] &&
+	[ -z "$(ls "$RUN"/*.old 2>/dev/null)" ]; then
+	pass "$case_"
+else
+	fail "$case_" "exit $rc, output: $out" "log: $(cat "$LOG")" "run: $(ls "$RUN")"
+fi
+
+case_="service restart of a proxy without a hand-over socket (older version): stop, then start"
+rm -f "$RUN/nfs_tls_proxy.handover"
+: >"$LOG"
+out=$(service nfs_tls_proxy restart)
+new=$(pid_of nfs_tls_proxy)
+l_term=$(line_of "proxy $old_child SIGTERM")
+l_daemon=$(line_of "$(expect_daemon nfs_tls_proxy server)")
+if [ -n "$new" ] && [ "$new" != "$old" ] && wait_gone "$old" && [ -n "$l_term" ] && [ -n "$l_daemon" ] &&
+	[ "$l_term" -lt "$l_daemon" ] && wait_log "proxy .* bound"; then
+	pass "$case_"
+else
+	fail "$case_" "old $old new $new" "output: $out" "log: $(cat "$LOG")"
 fi
 
 reset
@@ -364,6 +444,22 @@ else
 	fail "$case_" "status: $st" "log: $(cat "$LOG")"
 fi
 
+case_="second instance: restart hands over on its own socket and leaves the server alone"
+old_c=$sup_c
+child_c=$(cat "$RUN/nfs_tls_proxy_client.child.pid" 2>/dev/null)
+server_child=$(cat "$RUN/nfs_tls_proxy.child.pid" 2>/dev/null)
+: >"$LOG"
+out=$(service nfs_tls_proxy_client restart)
+sup_c=$(pid_of nfs_tls_proxy_client)
+new_child_c=$(cat "$RUN/nfs_tls_proxy_client.child.pid" 2>/dev/null)
+if has_line "proxy $new_child_c took over" && [ -S "$RUN/nfs_tls_proxy_client.handover" ] && [ -S "$RUN/nfs_tls_proxy.handover" ] && [ "$sup_c" != "$old_c" ] &&
+	wait_gone "$old_c" && wait_log "proxy $child_c SIGTERM" && has_line "$want_c" && alive "$sup_s" &&
+	! grep -q "proxy $server_child SIGTERM" "$LOG" && [ "$(pid_of nfs_tls_proxy)" = "$sup_s" ]; then
+	pass "$case_"
+else
+	fail "$case_" "output: $out" "client supervisor $old_c -> $sup_c" "log: $(cat "$LOG")" "run: $(ls "$RUN")"
+fi
+
 case_="second instance: stopping the client leaves the server running"
 service nfs_tls_proxy_client stop >/dev/null
 if wait_gone "$sup_c" && alive "$sup_s" && [ "$(service nfs_tls_proxy status)" = "nfs_tls_proxy is running as pid $sup_s." ]; then
@@ -417,7 +513,7 @@ reset
 rc_conf 'nfs_tls_proxy_enable="YES"' 'nfs_tls_proxy_runas=""' 'nfs_tls_proxy_mode="client"'
 case_="nfs_tls_proxy_runas=\"\" and _mode=client: no --user, client.toml"
 service nfs_tls_proxy start >/dev/null
-want="daemon -S -T nfs_tls_proxy -R 5 -P $RUN/nfs_tls_proxy.pid -p $RUN/nfs_tls_proxy.child.pid $BIN client --config $ETC/client.toml --pid-file $RUN/nfs_tls_proxy.child.pid"
+want="daemon -S -T nfs_tls_proxy -R 5 -P $RUN/nfs_tls_proxy.pid -p $RUN/nfs_tls_proxy.child.pid $BIN client --config $ETC/client.toml --pid-file $RUN/nfs_tls_proxy.child.pid --handover-socket $RUN/nfs_tls_proxy.handover"
 if has_line "$want"; then pass "$case_"; else fail "$case_" "log: $(cat "$LOG")" "wanted: $want"; fi
 reset
 
