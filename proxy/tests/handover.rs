@@ -284,3 +284,72 @@ fn a_client_started_on_a_servers_handover_socket_takes_nothing_over() {
     assert_eq!(echo_through_blocking(e.client_addr, b"still the server"), b"still the server");
     assert!(e.server.is_running());
 }
+
+/// The VIP stays followed after a hand-over: the new server adopted the VIP listener, lets go of it
+/// when the address goes (closing the socket for real: no copy is kept for a successor) and binds it
+/// again when it comes back.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_handed_over_vip_listener_keeps_following_the_address() {
+    use support::netns::Netns;
+    if !require_root() {
+        return;
+    }
+    const VIP: &str = "192.0.2.100";
+    let vip_listen: SocketAddr = "192.0.2.100:2323".parse().expect("addr");
+    let client_listen = "127.0.0.1:2049";
+    let dir = TestPki::new();
+    let ns = Netns::new("handover");
+    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    let backend = ns.echo();
+    let sock = p(dir.root(), "server.handover");
+    let server_args = server_args_on(&dir, vip_listen, backend.addr, &["--handover-socket", &sock]);
+    let client_args = client_args_on(
+        &dir,
+        client_listen.parse().expect("addr"),
+        vip_listen,
+        &["--upstream-retry-for", "0"],
+    );
+    let in_ns = |name: &str, v: &[String]| {
+        let proc = ns.proxy(name, &v.iter().map(String::as_str).collect::<Vec<_>>());
+        proc.wait_line(&["ready: SIGHUP reloads"]);
+        proc
+    };
+    let round_trip = |data: &[u8]| -> bool {
+        let Ok(mut s) = ns.connect(client_listen) else { return false };
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let mut back = vec![0; data.len()];
+        s.write_all(data).is_ok() && s.read_exact(&mut back).is_ok() && back == data
+    };
+    // Polls with a deadline, bounded in count too.
+    let works_within = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        for _ in 0..100 {
+            if round_trip(b"through the VIP") {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+
+    let mut old = in_ns("server old", &server_args);
+    let _client = in_ns("client", &client_args);
+    assert!(works_within(Duration::from_secs(5)), "{}", old.log());
+
+    let new = in_ns("server new", &server_args);
+    new.wait_line(&["using the listening socket the running proxy handed over", "192.0.2.100:2323"]);
+    new.wait_line(&["took over"]);
+    assert_eq!(old.wait_exit(), Some(0), "{}", old.log());
+    assert!(works_within(Duration::from_secs(5)), "{}", new.log());
+
+    ns.ip(&["addr", "del", &format!("{VIP}/32"), "dev", "lo"]);
+    new.wait_line(&["address lost", "192.0.2.100:2323"]);
+    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    new.wait_line(&["address acquired", "192.0.2.100:2323"]);
+    assert!(works_within(Duration::from_secs(5)), "{}", new.log());
+    assert!(!new.log().contains("cannot bind"), "{}", new.log());
+}
