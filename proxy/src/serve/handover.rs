@@ -280,8 +280,10 @@ impl Handover {
                 a = control.accept() => a?,
                 _ = stop.cancelled() => return Ok(()),
             };
+            // Bounded as a whole: a successor that stops reading cannot hold the hand-over.
+            let offered = tokio::time::timeout(READY_TIMEOUT, self.offer(&control, conn));
             match tokio::select! {
-                r = self.offer(&control, conn) => r,
+                r = offered => r.unwrap_or_else(|_| Err(std::io::Error::other("the new proxy was not ready in time"))),
                 _ = stop.cancelled() => return Ok(()),
             } {
                 Ok(()) => {
@@ -340,12 +342,7 @@ impl Handover {
         drop(sockets);
         let mut conn = tokio::io::BufReader::new(conn);
         let mut line = String::new();
-        match tokio::time::timeout(READY_TIMEOUT, conn.read_line(&mut line)).await {
-            Err(_) => return Err(std::io::Error::other("the new proxy was not ready in time")),
-            Ok(r) => {
-                r?;
-            }
-        }
+        conn.read_line(&mut line).await?;
         if line.trim() != "ready" {
             return Err(std::io::Error::other("the new proxy went away before it was ready"));
         }
