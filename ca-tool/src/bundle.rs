@@ -124,7 +124,8 @@ pub fn write_bundle(ca: &CaDir, req: &BundleRequest) -> Result<Bundle, BundleErr
     if let Some(problem) = legacy_problem(&info) {
         return Err(BundleError::Legacy(problem.message(&cert_path)));
     }
-    let entry = index.by_serial(&info.serial);
+    // A negative serial (not a Serial) cannot be in the index: "unknown".
+    let entry = info.serial.parse::<crate::serial::Serial>().ok().and_then(|s| index.by_serial(&s));
     let not_current = |status| BundleError::NotCurrent {
         path: cert_path.clone(),
         name: req.name.clone(),

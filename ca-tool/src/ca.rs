@@ -15,9 +15,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::fsutil::{self, write_atomic};
 use crate::index::{CaOrigin, CaRecord, CertKind, Entry, Index, IndexError};
-use crate::inspect::hex_upper;
 use crate::keys::{self, KeyError};
 use crate::pem::PemError;
+use crate::serial::{Serial, SerialError};
 
 pub const CA_CERT: &str = "ca-cert.pem";
 pub const CA_KEY: &str = "ca-key.pem";
@@ -56,15 +56,17 @@ pub enum CaError {
     #[error("{0:?} is already revoked")]
     AlreadyRevoked(String),
     #[error("{name:?} has no serial {serial} in {index}", index = .dir.join(crate::index::FILE_NAME).display())]
-    UnknownSerial { name: String, serial: String, dir: PathBuf },
+    UnknownSerial { name: String, serial: Serial, dir: PathBuf },
     #[error("{name:?} has no certificate in force to renew (all revoked); issue a new one with `ca-tool issue {name}`")]
     NothingToRenew { name: String },
     #[error("{path}: holds serial {found}, but the certificate of {name:?} in force is serial {expected}; --keep-key needs the current certificate there")]
-    StaleCertFile { path: PathBuf, name: String, found: String, expected: String },
+    StaleCertFile { path: PathBuf, name: String, found: Serial, expected: Serial },
     #[error("{path}: not a CA certificate: {why}")]
     NotACa { path: PathBuf, why: String },
     #[error("{path}: was not issued by the CA in {ca} ({why})", ca = .ca.display())]
     NotOurs { path: PathBuf, ca: PathBuf, why: String },
+    #[error("{path}: {source}")]
+    BadSerial { path: PathBuf, source: SerialError },
     #[error("{path}: the certificate has no CN and no DNS name to list it under")]
     NoName { path: PathBuf },
     #[error("{dir} already holds a different CA ({CA_CERT}); pass --force to replace it (its certificates will no longer verify)", dir = .0.display())]
@@ -112,10 +114,10 @@ pub struct Issued {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub combined: Option<PathBuf>,
-    pub serial: String,
+    pub serial: Serial,
     pub not_after: OffsetDateTime,
     /// Serials of the same name this one superseded.
-    pub superseded: Vec<String>,
+    pub superseded: Vec<Serial>,
 }
 
 impl CertKind {
@@ -123,12 +125,12 @@ impl CertKind {
     fn params(
         self,
         req: &LeafRequest,
-        serial: &[u8],
+        serial: &Serial,
         now: OffsetDateTime,
     ) -> Result<CertificateParams, CaError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(&req.name);
-        params.serial_number = Some(SerialNumber::from_slice(serial));
+        params.serial_number = Some(SerialNumber::from_slice(serial.to_be_bytes()));
         params.not_before = now - BACKDATE;
         params.not_after = now + Duration::days(i64::from(req.days));
         params.is_ca = IsCa::ExplicitNoCa;
@@ -172,7 +174,7 @@ pub struct Imported {
     /// X.509 version of the CA certificate (1 for a v1 self-signed root).
     pub version: u32,
     /// (name, serial, file) of every legacy leaf added to the index.
-    pub leaves: Vec<(String, String, PathBuf)>,
+    pub leaves: Vec<(String, Serial, PathBuf)>,
     /// Leaves whose serial the index already held.
     pub skipped: Vec<PathBuf>,
     pub crl: PathBuf,
@@ -292,7 +294,7 @@ impl CaDir {
         let now = now_seconds();
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(common_name);
-        params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
+        params.serial_number = Some(SerialNumber::from_slice(random_serial().to_be_bytes()));
         params.not_before = now - BACKDATE;
         params.not_after = now + Duration::days(i64::from(days));
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -450,8 +452,7 @@ impl CaDir {
 
         let serial = loop {
             let s = random_serial();
-            let hex = hex_upper(&s);
-            if index.by_serial(&hex).is_none() {
+            if index.by_serial(&s).is_none() {
                 break s;
             }
         };
@@ -472,7 +473,6 @@ impl CaDir {
 
         // The index first: a crash after it leaves a known serial without files, which a later
         // `issue` simply writes, and `revoke` can still revoke.
-        let serial_hex = hex_upper(&serial);
         let mut superseded = Vec::new();
         for e in index.certs.iter_mut().filter(|e| e.name == req.name && e.is_current()) {
             e.superseded_at = Some(now);
@@ -481,7 +481,7 @@ impl CaDir {
         index.certs.push(Entry {
             name: req.name.clone(),
             kind: req.kind,
-            serial: serial_hex.clone(),
+            serial: serial.clone(),
             not_before: params.not_before,
             not_after: params.not_after,
             revoked_at: None,
@@ -514,7 +514,7 @@ impl CaDir {
             cert: cert_path,
             key: key_path,
             combined,
-            serial: serial_hex,
+            serial,
             not_after: params.not_after,
             superseded,
         })
@@ -538,8 +538,9 @@ impl CaDir {
             let cert_path = self.cert_path(&req.name);
             let der = crate::pem::load_certs(&cert_path)?.remove(0).to_vec();
             let x = parse_cert(&cert_path, &der)?;
-            let found = hex_upper(x.raw_serial());
-            if !found.eq_ignore_ascii_case(&current.serial) {
+            let found = Serial::from_der(x.raw_serial())
+                .map_err(|source| CaError::BadSerial { path: cert_path.clone(), source })?;
+            if found != current.serial {
                 return Err(CaError::StaleCertFile {
                     path: cert_path,
                     name: req.name.clone(),
@@ -577,7 +578,7 @@ impl CaDir {
     }
 
     /// Revokes every certificate issued under `name` and re-signs the CRL. Returns the serials.
-    pub fn revoke(&self, name: &str, crl_days: u32) -> Result<Vec<String>, CaError> {
+    pub fn revoke(&self, name: &str, crl_days: u32) -> Result<Vec<Serial>, CaError> {
         self.revoke_serial(name, None, crl_days)
     }
 
@@ -586,30 +587,30 @@ impl CaDir {
     pub fn revoke_serial(
         &self,
         name: &str,
-        serial: Option<&str>,
+        serial: Option<&Serial>,
         crl_days: u32,
-    ) -> Result<Vec<String>, CaError> {
+    ) -> Result<Vec<Serial>, CaError> {
         self.load_ca()?;
         let mut index = Index::load(&self.dir)?;
         if !index.certs.iter().any(|e| e.name == name) {
             return Err(CaError::UnknownName { name: name.to_owned(), dir: self.dir.clone() });
         }
         if let Some(s) = serial {
-            if !index.certs.iter().any(|e| e.name == name && e.serial.eq_ignore_ascii_case(s)) {
+            if !index.certs.iter().any(|e| e.name == name && e.serial == *s) {
                 return Err(CaError::UnknownSerial {
                     name: name.to_owned(),
-                    serial: s.to_owned(),
+                    serial: s.clone(),
                     dir: self.dir.clone(),
                 });
             }
         }
         let now = now_seconds();
         let mut serials = Vec::new();
-        for e in index.certs.iter_mut().filter(|e| {
-            e.name == name
-                && e.revoked_at.is_none()
-                && serial.is_none_or(|s| e.serial.eq_ignore_ascii_case(s))
-        }) {
+        for e in index
+            .certs
+            .iter_mut()
+            .filter(|e| e.name == name && e.revoked_at.is_none() && serial.is_none_or(|s| e.serial == *s))
+        {
             e.revoked_at = Some(now);
             serials.push(e.serial.clone());
         }
@@ -634,7 +635,7 @@ impl CaDir {
         let revoked_certs = index
             .revoked()
             .map(|e| RevokedCertParams {
-                serial_number: SerialNumber::from_slice(&hex_decode(&e.serial)),
+                serial_number: SerialNumber::from_slice(e.serial.to_be_bytes()),
                 revocation_time: e.revoked_at.unwrap_or(now),
                 reason_code: None,
                 invalidity_date: None,
@@ -829,10 +830,12 @@ fn legacy_entry(
         CertKind::Client
     };
     let dns = info.dns_names.iter().filter(|d| **d != name).cloned().collect();
+    let serial = Serial::from_der(x.raw_serial())
+        .map_err(|source| CaError::BadSerial { path: path.to_owned(), source })?;
     Ok(Entry {
         name,
         kind,
-        serial: info.serial,
+        serial,
         not_before: info.not_before,
         not_after: info.not_after,
         revoked_at: None,
@@ -894,18 +897,14 @@ fn new_key() -> Result<KeyPair, CaError> {
 }
 
 /// 16 random bytes, positive and with a non-zero first byte, so the DER serial is always 16 bytes.
-fn random_serial() -> [u8; 16] {
+fn random_serial() -> Serial {
     use ring::rand::SecureRandom;
     let mut serial = [0u8; 16];
     // SystemRandom reads the OS CSPRNG; it only fails if the OS has none, which is not a state
     // this tool can run in.
     ring::rand::SystemRandom::new().fill(&mut serial).expect("the OS random number generator failed");
     serial[0] = (serial[0] & 0x7f) | 0x40;
-    serial
-}
-
-fn hex_decode(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+    Serial::from_be_bytes(&serial)
 }
 
 /// A DNS label: letters, digits and '-', 1 to 63 characters, no leading or trailing '-'.
@@ -953,7 +952,8 @@ mod tests {
     #[test]
     fn serials_are_sixteen_positive_bytes_and_round_trip_through_hex() {
         let s = random_serial();
-        assert!(s[0] >= 0x40 && s[0] < 0x80);
-        assert_eq!(hex_decode(&hex_upper(&s)), s);
+        let bytes = s.to_be_bytes();
+        assert!(bytes.len() == 16 && bytes[0] >= 0x40 && bytes[0] < 0x80, "{s}");
+        assert_eq!(s.to_string().parse::<Serial>(), Ok(s));
     }
 }

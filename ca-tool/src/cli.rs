@@ -13,6 +13,7 @@ use crate::ca::{self, CaDir, LeafRequest, RenewRequest};
 use crate::index::{CertKind, Status};
 use crate::inspect::{format_time, legacy_problem, CertInfo, CrlInfo};
 use crate::pem::{self, PemError, PemProblem};
+use crate::serial::Serial;
 
 /// A small private CA for nfs-tls-proxy (ECDSA P-256, client and server certificates, CRLs).
 #[derive(Debug, Parser)]
@@ -112,9 +113,10 @@ pub enum Command {
         name: String,
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Revoke only this serial of NAME (hex, as `list` shows it).
+        /// Revoke only this serial of NAME: hex, as `list` and `openssl x509 -serial` show it (a
+        /// leading 00, lower case and colons between bytes are read too).
         #[arg(long, value_name = "HEX")]
-        serial: Option<String>,
+        serial: Option<Serial>,
         /// Days until the CRL's nextUpdate.
         #[arg(long, default_value_t = ca::CRL_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
         crl_days: u32,
@@ -269,7 +271,8 @@ pub fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Revoke { name, dir, serial, crl_days } => {
             let ca = CaDir::new(&dir);
             let _lock = ca.lock_existing()?;
-            let serials = ca.revoke_serial(&name, serial.as_deref(), crl_days)?;
+            let serials = ca.revoke_serial(&name, serial.as_ref(), crl_days)?;
+            let serials: Vec<String> = serials.iter().map(Serial::to_string).collect();
             writeln!(
                 out,
                 "revoked {name} (serial {}); CRL written to {}",
@@ -324,7 +327,7 @@ fn list(ca: &CaDir, expiring: Option<Duration>, out: &mut impl Write) -> anyhow:
         .collect();
     let width = shown.iter().map(|e| e.name.len()).max().unwrap_or(4).max(4);
     // openssl's serials are 20 bytes (40 hex digits), ours 16.
-    let sw = shown.iter().map(|e| e.serial.len()).max().unwrap_or(32).max(32);
+    let sw = shown.iter().map(|e| e.serial.to_string().len()).max().unwrap_or(32).max(32);
     writeln!(out, "{:width$}  {:6}  {:sw$}  {:23}  STATUS", "NAME", "KIND", "SERIAL", "EXPIRES")?;
     for e in shown {
         let mut status = match e.status(now) {
@@ -346,7 +349,7 @@ fn list(ca: &CaDir, expiring: Option<Duration>, out: &mut impl Write) -> anyhow:
             "{:width$}  {:6}  {:sw$}  {:23}  {status}",
             e.name,
             e.kind.to_string(),
-            e.serial,
+            e.serial.to_string(),
             format_time(e.not_after)
         )?;
     }

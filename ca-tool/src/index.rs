@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::fsutil;
+use crate::serial::Serial;
 
 pub const FILE_NAME: &str = "index.toml";
 
@@ -33,8 +34,9 @@ impl std::fmt::Display for CertKind {
 pub struct Entry {
     pub name: String,
     pub kind: CertKind,
-    /// Upper-case hex, as `openssl x509 -serial` prints it.
-    pub serial: String,
+    /// Written as `openssl x509 -serial` prints it; read in that form or the one older ca-tool
+    /// versions wrote (a leading `00` before a serial whose top bit is set).
+    pub serial: Serial,
     #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -174,7 +176,7 @@ impl Index {
         self.certs.iter().filter(move |e| e.name == name && e.is_current())
     }
 
-    pub fn by_serial(&self, serial: &str) -> Option<&Entry> {
-        self.certs.iter().find(|e| e.serial.eq_ignore_ascii_case(serial))
+    pub fn by_serial(&self, serial: &Serial) -> Option<&Entry> {
+        self.certs.iter().find(|e| e.serial == *serial)
     }
 }

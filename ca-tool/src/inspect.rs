@@ -9,6 +9,8 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
+use crate::serial::der_text;
+
 /// A DER object x509-parser could not read.
 #[derive(Debug, thiserror::Error)]
 #[error("not a valid X.509 {what}: {detail}")]
@@ -27,7 +29,7 @@ pub struct CertInfo {
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
     pub issuer: String,
-    /// Upper-case hex, as `openssl x509 -serial` prints it.
+    /// As `openssl x509 -serial` prints it ([`crate::serial`]): `A9A654...`, no `00` sign byte.
     pub serial: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
@@ -102,7 +104,7 @@ impl CertInfo {
             dns_names,
             ip_addresses,
             issuer: cert.issuer().to_string(),
-            serial: hex_upper(cert.raw_serial()),
+            serial: der_text(cert.raw_serial()),
             not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
             is_ca: cert.is_ca(),
@@ -222,7 +224,7 @@ pub struct CrlInfo {
     pub this_update: OffsetDateTime,
     pub next_update: Option<OffsetDateTime>,
     pub crl_number: Option<String>,
-    /// (serial as upper-case hex, revocation time)
+    /// (serial as `openssl crl -text` prints it, revocation time)
     pub revoked: Vec<(String, OffsetDateTime)>,
 }
 
@@ -237,7 +239,7 @@ impl CrlInfo {
             crl_number: crl.crl_number().map(|n| n.to_string()),
             revoked: crl
                 .iter_revoked_certificates()
-                .map(|r| (hex_upper(r.raw_serial()), r.revocation_date.to_datetime()))
+                .map(|r| (der_text(r.raw_serial()), r.revocation_date.to_datetime()))
                 .collect(),
         })
     }
@@ -278,11 +280,6 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
         16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
         _ => None,
     }
-}
-
-/// Upper-case hex without separators, the way openssl prints serial numbers.
-pub fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// SHA-256 of `der`, upper-case hex, colon-separated.

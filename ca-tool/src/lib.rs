@@ -7,6 +7,7 @@
 //!   [`inspect::legacy_problem`]: why a certificate made by `openssl x509 -req` will not do.
 //! - [`keys`]: signing keys in the forms openssl writes (PKCS#8, PKCS#1, SEC1) for rcgen.
 //! - [`bundle`]: everything one host needs, in one directory.
+//! - [`serial`]: serial numbers, written as openssl writes them and compared as numbers.
 
 pub mod bundle;
 pub mod ca;
@@ -16,3 +17,4 @@ pub mod index;
 pub mod inspect;
 pub mod keys;
 pub mod pem;
+pub mod serial;

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use test_support::{free_port, have_openssl, BlogPki};
+
 const DEADLINE: Duration = Duration::from_secs(15);
 
 fn stunnel() -> Option<PathBuf> {
@@ -26,25 +28,11 @@ fn stunnel() -> Option<PathBuf> {
     None
 }
 
-fn have_openssl() -> bool {
-    if Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success()) {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "openssl is required in CI but is not installed");
-    eprintln!("!!! SKIPPING: openssl is not installed");
-    false
-}
-
 fn run(dir: &Path, program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).current_dir(dir).output().expect("run");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{program} {args:?} failed: {text}");
     text
-}
-
-/// A free port on 127.0.0.1, chosen by the OS (stunnel cannot take a listening socket from us).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// An echo server on a port from the OS; its thread ends with the test process.
@@ -157,60 +145,7 @@ fn a_running_stunnel_with_the_imported_ca_accepts_the_new_v3_client_certificate_
     let tmp = tempfile::tempdir().expect("dir");
     let dir = tmp.path();
     // The blog's PKI: RSA CA by `openssl req -new -x509`, v1 leaves by `openssl x509 -req`.
-    run(dir, "openssl", &["genrsa", "-out", "ca-key.pem", "4096"]);
-    run(
-        dir,
-        "openssl",
-        &[
-            "req",
-            "-new",
-            "-x509",
-            "-days",
-            "3650",
-            "-key",
-            "ca-key.pem",
-            "-out",
-            "ca-cert.pem",
-            "-subj",
-            "/CN=f3s stunnel CA",
-        ],
-    );
-    for host in ["f3s-storage-ha", "r0", "r1"] {
-        run(dir, "openssl", &["genrsa", "-out", &format!("{host}-key.pem"), "2048"]);
-        run(
-            dir,
-            "openssl",
-            &[
-                "req",
-                "-new",
-                "-key",
-                &format!("{host}-key.pem"),
-                "-out",
-                &format!("{host}.csr"),
-                "-subj",
-                &format!("/CN={host}"),
-            ],
-        );
-        run(
-            dir,
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{host}.csr"),
-                "-CA",
-                "ca-cert.pem",
-                "-CAkey",
-                "ca-key.pem",
-                "-CAcreateserial",
-                "-out",
-                &format!("{host}-cert.pem"),
-                "-days",
-                "3650",
-            ],
-        );
-    }
+    let blog = BlogPki::create(dir, &["f3s-storage-ha", "r0", "r1"]);
     // r1 still runs stunnel with its legacy certificate: cert and key in one file.
     let r1_legacy = [
         std::fs::read(dir.join("r1-cert.pem")).expect("c"),
@@ -239,9 +174,7 @@ fn a_running_stunnel_with_the_imported_ca_accepts_the_new_v3_client_certificate_
         ],
     );
     run(dir, ca_tool, &["issue", "r0", "--dir", "ca", "--combined"]);
-    let r1_serial = run(dir, "openssl", &["x509", "-in", "r1-cert.pem", "-noout", "-serial"]);
-    let r1_serial = r1_serial.trim().trim_start_matches("serial=");
-    run(dir, ca_tool, &["revoke", "r1", "--dir", "ca", "--serial", r1_serial]);
+    run(dir, ca_tool, &["revoke", "r1", "--dir", "ca", "--serial", &blog.serial("r1")]);
 
     // The storage side as it runs today: the blog's server certificate, verify = 2, plus the CRL
     // ca-tool now signs with the imported key.

@@ -20,64 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
+use test_support::{have_openssl, BlogPki};
 
 /// The file every read loop reads through NFS.
 const FILE: &str = "data.bin";
-
-/// openssl builds the blog's PKI: in CI it must be installed; locally its absence skips loudly.
-fn have_openssl() -> bool {
-    if Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success()) {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "openssl is required in CI but is not installed");
-    eprintln!("!!! SKIPPING: openssl is not installed (apt-get install openssl)");
-    false
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The blog's PKI in `dir`, with its commands: an RSA CA from `openssl genrsa` and
-/// `openssl req -new -x509`, and for each host a key, a CSR and `openssl x509 -req` (X.509 v1 on
-/// OpenSSL 3: no extensions, no SAN).
-fn blog_pki(dir: &Path, hosts: &[&str]) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    openssl(dir, &["genrsa", "-out", "ca-key.pem", "4096"]);
-    let subject = "/C=DE/O=f3s/CN=f3s stunnel CA";
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-x509",
-            "-days",
-            "3650",
-            "-key",
-            "ca-key.pem",
-            "-out",
-            "ca-cert.pem",
-            "-subj",
-            subject,
-        ],
-    );
-    for host in hosts {
-        let (key, csr, cert) = (format!("{host}-key.pem"), format!("{host}.csr"), format!("{host}-cert.pem"));
-        openssl(dir, &["genrsa", "-out", &key, "2048"]);
-        openssl(dir, &["req", "-new", "-key", &key, "-out", &csr, "-subj", &format!("/CN={host}")]);
-        let sign =
-            ["x509", "-req", "-in", &csr, "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem", "-CAcreateserial"];
-        openssl(dir, &[&sign[..], &["-out", &cert, "-days", "3650"]].concat());
-        // The keys are the host's secrets (the proxy checks this; stunnel does not).
-        chmod_600(&dir.join(&key));
-    }
-}
-
-fn chmod_600(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
 
 /// One `ca-tool` command line, run through the ca-tool library exactly as the binary parses it.
 fn ca_tool(args: &[&str]) -> String {
@@ -285,7 +231,7 @@ fn the_blogs_stunnel_pki_migrates_host_by_host_and_a_revoked_client_is_refused_o
     let ports = (c_r0, c_earth);
 
     // Stage 0, the blog: its openssl PKI, stunnel everywhere, v1 certificates.
-    blog_pki(&blog, &["f3s-storage-ha", "r0", "earth"]);
+    BlogPki::create(&blog, &["f3s-storage-ha", "r0", "earth"]);
     let from_blog = |to: &Path, files: &[&str]| {
         for f in files {
             std::fs::copy(blog.join(f), to.join(f)).expect("copy");
@@ -473,7 +419,7 @@ fn the_blogs_v1_certificate_fails_our_server_at_start_with_the_ca_tool_fix_in_on
     }
     let site = tempfile::tempdir().expect("dir");
     let blog = site.path();
-    blog_pki(blog, &["f3s-storage-ha"]);
+    BlogPki::create(blog, &["f3s-storage-ha"]);
     let cert = p(blog, "f3s-storage-ha-cert.pem");
     let args = [
         "server",

@@ -17,18 +17,21 @@
 //! | module | what |
 //! | --- | --- |
 //! | `pki` | [`TestPki`]: a CA made with ca-tool and every kind of client the refusal tests need |
+//! | `blog` | [`BlogPki`]: the blog's hand-made openssl PKI (v1 leaves), and the openssl helpers |
 //! | `backend` | [`EchoBackend`] (threads, so sync and async tests share it) and the echo clients |
 //! | `peers` | [`ganesha_command`], [`python_peer`], [`free_port`], [`wait_port`] |
 //! | `inprocess` | configs for `start_server`/`start_client`, a raw TLS client, log capture |
 //! | `wait` | [`eventually`], [`within`], deterministic data |
 
 mod backend;
+mod blog;
 mod inprocess;
 mod peers;
 mod pki;
 mod wait;
 
 pub use backend::{echo_on, echo_through, echo_through_blocking, EchoBackend};
+pub use blog::{have_openssl, openssl, openssl_serial, openssl_status, BlogPki, BLOG_CA_SUBJECT};
 pub use inprocess::{
     capture_logs, client_config, common, endpoint, loopback, server_config, test_client_tls, tls_connect,
     tls_connect_with, tls_over, Logs,
