@@ -199,3 +199,37 @@ fn a_clients_healthz_is_an_nfs_null_call_through_the_first_server_that_lets_it_i
     let _ = std::io::Read::read(&mut app, &mut [0u8; 64]);
     revoked.wait_line(&["WARN", "connection refused", "refused-by-server"]);
 }
+
+/// `--ktls auto` (the default) on a host whose kernel has no `tls` module (this one, CI's): the
+/// proxy says so once at start, every tunnel runs on rustls' record layer and says `path=rustls`,
+/// and the metric counts it. On a kernel with the module the same test sees `path=ktls` instead
+/// (the kernel VM's scenarios test that path).
+#[test]
+fn each_tunnel_says_which_record_layer_it_runs_on_and_the_metric_counts_it() {
+    let dir = TestPki::new();
+    let d = dir.root().display().to_string();
+    let backend = EchoBackend::start();
+    let mut args = server_args(&d, &["--metrics", "127.0.0.1:0"]);
+    args[4] = backend.addr.to_string();
+    let server = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let ops = metrics_addr(&server);
+    let ktls = server.wait_line(&["kTLS:"]);
+    let path = if ktls.contains("not available") { "rustls" } else { "ktls" };
+    if path == "rustls" {
+        assert!(ktls.contains("tls") && ktls.contains("rustls' record layer"), "{ktls}");
+    }
+
+    let client = our_client(dir.root(), server.listen_addr());
+    let mut open = TcpStream::connect(client.listen_addr()).expect("connect");
+    open.write_all(&[7u8; 100_000]).expect("write");
+    let mut back = vec![0u8; 100_000];
+    open.read_exact(&mut back).expect("echo");
+    assert!(back.iter().all(|&b| b == 7));
+    server.wait_line(&["tunnel opened", &format!("path=\"{path}\"")]);
+    client.wait_line(&["tunnel opened", &format!("path=\"{path}\"")]);
+
+    let (_, m) = get(ops, "/metrics");
+    assert_eq!(sample(&m, &format!("nfs_tls_proxy_record_path_total{{path=\"{path}\"}}")), Some(1.0), "{m}");
+    let other = if path == "rustls" { "ktls" } else { "rustls" };
+    assert_eq!(sample(&m, &format!("nfs_tls_proxy_record_path_total{{path=\"{other}\"}}")), Some(0.0), "{m}");
+}

@@ -41,7 +41,7 @@ stage=$run/stage
 mkdir -p "$stage/bin" "$stage/pki" "$stage/results"
 cp "$proxy" "$stage/bin/nfs-tls-proxy"
 cp "$ca_tool" "$stage/bin/ca-tool"
-cp "$here/guest.sh" "$here/ioload.py" "$stage/"
+cp "$here/guest.sh" "$here/ioload.py" "$here/echo.py" "$here/tlspeer.py" "$stage/"
 printf '%s\n' "$*" >"$stage/only"
 
 pki=$stage/pki

@@ -32,6 +32,13 @@ SCENARIOS=(
     "server_follows_vip_moved_away_and_back_under_kernel_mount 300"
     "kernel_mtls_tunnel_crosses_key_limit_without_io_error 420"
     "our_rpc_tls_client_tunnel_to_nfsd_crosses_key_limit_without_io_error 420"
+    "ktls_carries_each_aead_and_tls_version_both_ways 300"
+    "ktls_meets_a_peers_key_update 150"
+    "ktls_faults_reach_both_ends_as_with_rustls 150"
+)
+# Measurements, not tests: run only when named (benches/ktls-vm.sh).
+BENCHES=(
+    "bench_ktls_cpu_per_gib 1200"
 )
 
 # ---------------------------------------------------------------- helpers used by scenarios
@@ -505,6 +512,198 @@ key_limit_evidence() {
 # The kernel's log since this scenario started (run_scenario writes a marker to /dev/kmsg).
 kernel_log_since_start() { dmesg | sed -n "/kernel-tests: start $SC_NAME\$/,\$p"; }
 
+# ---------------------------------------------------------------- kTLS (issue 18)
+
+# Both proxies hand their records to the kernel (--ktls auto, the default): for each AEAD under
+# TLS 1.3 and TLS 1.2, 16 MiB each way through client -> server -> an echo backend, and the
+# half-close back (the sender's FIN becomes our close_notify, the backend's FIN the other one).
+# Both proxies log path="ktls" and the suite, both tunnels end "closed", the kernel's counters of
+# kTLS sessions grew by two per tunnel each way. Then a client with --ktls off next to a kTLS server.
+ktls_carries_each_aead_and_tls_version_both_ways() {
+    python3 "$T/echo.py" serve 7001 >>"$SC_OUT/echo.log" 2>&1 &
+    echo $! >>"$RUN/pids"
+    wait_for 10 "the echo backend" listening 127.0.0.1:7001
+    local v12=TLS_ECDHE_ECDSA_WITH i=0 suite server_suites client_flags version out tx0 rx0 seen=()
+    local runs=(
+        "TLS13_AES_128_GCM_SHA256 TLSv1_3"
+        "TLS13_AES_256_GCM_SHA384 TLSv1_3"
+        "TLS13_CHACHA20_POLY1305_SHA256 TLSv1_3"
+        "${v12}_AES_128_GCM_SHA256 TLSv1_2"
+        "${v12}_AES_256_GCM_SHA384 TLSv1_2"
+        "${v12}_CHACHA20_POLY1305_SHA256 TLSv1_2"
+        "TLS13_AES_256_GCM_SHA384 TLSv1_3 --ktls off"
+    )
+    for run in "${runs[@]}"; do
+        read -r suite version client_flags <<<"$run"
+        i=$((i + 1))
+        # The server always keeps one TLS 1.3 suite: its RFC 9289 configuration is TLS 1.3 only.
+        server_suites=$suite
+        [[ $version == TLSv1_2 ]] && server_suites="$suite,TLS13_AES_128_GCM_SHA256"
+        step "$suite ${client_flags:-}"
+        start_proxy "s$i" server --listen 127.0.0.1:$((2360 + i)) --backend 127.0.0.1:7001 --allow-cn r0 \
+            --min-tls 1.2 --tls-suite "$server_suites"
+        # shellcheck disable=SC2086 # client_flags is a list of words
+        start_proxy "c$i" client --listen 127.0.0.1:$((2460 + i)) --server 127.0.0.1:$((2360 + i)) \
+            --server-name storage --min-tls 1.2 --tls-suite "$suite" $client_flags
+        # After both started: each checks its kernel once at start, on sockets of its own.
+        tx0=$(tls_stat TlsTxSw)
+        rx0=$(tls_stat TlsRxSw)
+        out=$(timeout 120 python3 "$T/echo.py" send $((2460 + i)) $((16 << 20)) 2>&1)
+        [[ $out == ok* ]] || fail "$suite: echo through the tunnel: $out"
+        wait_for 10 "s$i's tunnel to close" in_log "s$i" 'tunnel closed'
+        wait_for 10 "c$i's tunnel to close" in_log "c$i" 'tunnel closed'
+        in_log "s$i" "tls=$version/$suite" || fail "$suite: s$i negotiated $(grep -o 'tls=[^ ]*' "$SC_OUT/s$i.log" | head -1)"
+        in_log "s$i" 'tunnel opened.*path="ktls"' || fail "$suite: the server did not use kTLS: $(grep -m1 'kTLS' "$SC_OUT/s$i.log")"
+        if [[ $client_flags == *off* ]]; then
+            in_log "c$i" 'tunnel opened.*path="rustls"' || fail "--ktls off: the client did not keep rustls"
+        else
+            in_log "c$i" 'tunnel opened.*path="ktls"' || fail "$suite: the client did not use kTLS: $(grep -m1 'kTLS' "$SC_OUT/c$i.log")"
+        fi
+        for p in "s$i" "c$i"; do
+            in_log "$p" 'tunnel closed.*end=closed' || fail "$suite: $p's tunnel did not end cleanly: $(grep 'tunnel closed' "$SC_OUT/$p.log")"
+        done
+        local sessions=2
+        [[ $client_flags == *off* ]] && sessions=1
+        (($(tls_stat TlsTxSw) - tx0 == sessions && $(tls_stat TlsRxSw) - rx0 == sessions)) ||
+            fail "$suite: kernel TLS sessions TX +$(($(tls_stat TlsTxSw) - tx0)) RX +$(($(tls_stat TlsRxSw) - rx0)), want +$sessions each"
+        seen+=("$version/${suite#TLS*_WITH_}")
+        stop_proxy "s$i" TERM
+        stop_proxy "c$i" TERM
+    done
+    echo "detail: 16 MiB each way, kTLS on both proxies: ${seen[*]}"
+}
+
+# A peer that changes keys (rustls with the hidden --key-update-every, on the rustls path) in front of
+# a kTLS proxy, each way round. A kernel that can rekey (Linux 6.14+) takes the new key and the echo
+# completes; one that cannot ends the tunnel with a reset and says why, and no wrong byte is delivered.
+ktls_meets_a_peers_key_update() {
+    python3 "$T/echo.py" serve 7002 >>"$SC_OUT/echo.log" 2>&1 &
+    echo $! >>"$RUN/pids"
+    wait_for 10 "the echo backend" listening 127.0.0.1:7002
+    local out outcomes=() side ktls_proxy port
+    for side in server client; do
+        if [[ $side == server ]]; then
+            port=2471
+            start_proxy "s-$side" server --listen 127.0.0.1:2371 --backend 127.0.0.1:7002 --allow-cn r0
+            start_proxy "c-$side" client --listen 127.0.0.1:2471 --server 127.0.0.1:2371 --server-name storage \
+                --ktls off --key-update-every 64
+            ktls_proxy=s-$side
+        else
+            port=2472
+            start_proxy "s-$side" server --listen 127.0.0.1:2372 --backend 127.0.0.1:7002 --allow-cn r0 \
+                --ktls off --key-update-every 64
+            start_proxy "c-$side" client --listen 127.0.0.1:2472 --server 127.0.0.1:2372 --server-name storage
+            ktls_proxy=c-$side
+        fi
+        step "key update towards the $side (kTLS)"
+        out=$(timeout 120 python3 "$T/echo.py" send "$port" $((8 << 20)) 2>&1)
+        wait_for 10 "$ktls_proxy's tunnel to close" in_log "$ktls_proxy" 'tunnel closed'
+        in_log "$ktls_proxy" 'tunnel opened.*path="ktls"' || fail "$ktls_proxy did not use kTLS"
+        if [[ $out == ok* ]]; then
+            in_log "$ktls_proxy" 'tunnel closed.*end=closed' || fail "the echo completed but $ktls_proxy's tunnel did not end cleanly"
+            outcomes+=("$side: rekeyed, 8 MiB echoed")
+        else
+            in_log "$ktls_proxy" 'cannot follow' ||
+                fail "$side: the echo failed ($out) without the kernel-cannot-rekey reason: $(grep 'tunnel closed' "$SC_OUT/$ktls_proxy.log")"
+            # The echo's sha256 check would have caught a wrong byte; a short stream is the reset.
+            [[ $out == *"sha_ok=False"* && $out == *"received=$((8 << 20))"* ]] && fail "$side: wrong bytes delivered"
+            outcomes+=("$side: ended (kernel $(uname -r) cannot rekey)")
+        fi
+        stop_proxy "s-$side" TERM
+        stop_proxy "c-$side" TERM
+    done
+    echo "detail: ${outcomes[*]}"
+}
+
+# A TLS client that cuts or corrupts its own records (tlspeer.py: OpenSSL through memory BIOs) in front
+# of a kTLS server and of a rustls one (--ktls off): each case must look the same from both ends. An
+# orderly close: the echo and our close_notify, the backend sees a FIN. A record cut short by a FIN,
+# a record with a flipped byte: the backend sees the data before it and then a reset, never a clean
+# end; the client gets bad_record_mac for the corrupt record.
+ktls_faults_reach_both_ends_as_with_rustls() {
+    local backend_log=$SC_OUT/backend-ends.log case path port=2390 got=() want
+    python3 "$T/echo.py" serve 7003 "$backend_log" >>"$SC_OUT/echo.log" 2>&1 &
+    echo $! >>"$RUN/pids"
+    wait_for 10 "the echo backend" listening 127.0.0.1:7003
+    for path in ktls rustls; do
+        port=$((port + 1))
+        local flags=()
+        [[ $path == rustls ]] && flags=(--ktls off)
+        start_proxy "s-$path" server --listen 127.0.0.1:$port --backend 127.0.0.1:7003 --allow-cn r0 "${flags[@]}"
+        for case in close truncate badmac; do
+            : >"$backend_log"
+            step "$path: $case"
+            local peer
+            peer=$(timeout 60 python3 "$T/tlspeer.py" $port "$PKI/r0-cert.pem" "$PKI/r0-key.pem" "$PKI/ca-cert.pem" $case 2>&1)
+            wait_for 10 "the backend to see the end ($path $case)" test -s "$backend_log"
+            got+=("$path $case: client $peer, backend $(cat "$backend_log")")
+        done
+        wait_for 10 "s-$path's tunnels to close" bash -c "(( \$(grep -c 'tunnel closed' '$SC_OUT/s-$path.log') == 3 ))"
+        in_log "s-$path" "tunnel opened.*path=\"$path\"" || fail "s-$path ran $(grep -o 'path=[^ ]*' "$SC_OUT/s-$path.log" | head -1)"
+        stop_proxy "s-$path" TERM
+    done
+    printf '%s\n' "${got[@]}" >"$SC_OUT/outcomes"
+    for case in close truncate badmac; do
+        want=$(grep "^rustls $case:" "$SC_OUT/outcomes" | cut -d: -f2-)
+        [[ $(grep "^ktls $case:" "$SC_OUT/outcomes" | cut -d: -f2-) == "$want" ]] ||
+            fail "$case: kTLS: $(grep "^ktls $case:" "$SC_OUT/outcomes" | cut -d: -f2-), rustls:$want"
+    done
+    grep -q '^rustls close: client echo=hello end=close_notify, backend data=5 end=eof$' "$SC_OUT/outcomes" || fail "close: $(grep '^rustls close' "$SC_OUT/outcomes")"
+    grep -q '^rustls truncate: .*backend data=5 end=reset$' "$SC_OUT/outcomes" || fail "truncate: $(grep '^rustls truncate' "$SC_OUT/outcomes")"
+    grep -q '^rustls badmac: client echo= end=alert:SSLV3_ALERT_BAD_RECORD_MAC, backend data=5 end=reset$' "$SC_OUT/outcomes" ||
+        fail "badmac: $(grep '^rustls badmac' "$SC_OUT/outcomes")"
+    echo "detail: $(sed 's/^rustls //; /^ktls /d' "$SC_OUT/outcomes" | paste -sd ';' | sed 's/;/; /g') (the same with kTLS)"
+}
+
+# CPU (user + system clock ticks) of the client and server proxies per GiB carried, each direction,
+# with the kernel sealing and opening the records (kTLS, splice) and with rustls (--ktls off on
+# both). The load: dd over bash's /dev/tcp into the client, a sink or source behind the server.
+bench_ktls_cpu_per_gib() {
+    local mib=256 path dir flags ticks0 t0 port=0 results=()
+    python3 "$T/echo.py" sink 7101 >>"$SC_OUT/echo.log" 2>&1 &
+    echo $! >>"$RUN/pids"
+    python3 "$T/echo.py" source 7102 $((mib << 20)) >>"$SC_OUT/echo.log" 2>&1 &
+    echo $! >>"$RUN/pids"
+    wait_for 10 "the sink" listening 127.0.0.1:7101
+    wait_for 10 "the source" listening 127.0.0.1:7102
+    for path in ktls rustls; do
+        flags=()
+        [[ $path == rustls ]] && flags=(--ktls off)
+        for dir in up down; do
+            port=$((port + 1))
+            start_proxy "s-$path-$dir" server --listen 127.0.0.1:$((2380 + port)) --allow-cn r0 \
+                --backend 127.0.0.1:$([[ $dir == up ]] && echo 7101 || echo 7102) "${flags[@]}"
+            start_proxy "c-$path-$dir" client --listen 127.0.0.1:$((2480 + port)) --server 127.0.0.1:$((2380 + port)) \
+                --server-name storage "${flags[@]}"
+            ticks0=$(proxy_ticks "s-$path-$dir" "c-$path-$dir")
+            t0=$(now)
+            if [[ $dir == up ]]; then
+                timeout 600 bash -c "exec 3<>/dev/tcp/127.0.0.1/$((2480 + port)) && dd if=/dev/zero bs=1M count=$mib status=none >&3" ||
+                    fail "$path $dir: sending $mib MiB failed"
+            else
+                timeout 600 bash -c "exec 3<>/dev/tcp/127.0.0.1/$((2480 + port)) && dd bs=1M iflag=fullblock status=none <&3 | wc -c" >"$RUN/got" ||
+                    fail "$path $dir: receiving failed"
+                (($(cat "$RUN/got") == mib << 20)) || fail "$path $dir: received $(cat "$RUN/got") bytes, want $((mib << 20))"
+            fi
+            wait_for 60 "the client's tunnel to close" in_log "c-$path-$dir" 'tunnel closed'
+            in_log "c-$path-$dir" "tunnel opened.*path=\"$path\"" || fail "$path $dir: the client ran $(grep -o 'path=[^ ]*' "$SC_OUT/c-$path-$dir.log")"
+            results+=("$dir $path $((($(proxy_ticks "s-$path-$dir" "c-$path-$dir") - ticks0) * 1024 / mib)) ticks/GiB in $(since "$t0") s")
+            stop_proxy "s-$path-$dir" TERM
+            stop_proxy "c-$path-$dir" TERM
+        done
+    done
+    echo "detail: $mib MiB each, CPU of both proxies (USER_HZ $(getconf CLK_TCK)): $(printf '%s; ' "${results[@]}" | sed 's/; $//')"
+}
+
+# proxy_ticks NAME...: user + system clock ticks the named proxies have used.
+proxy_ticks() {
+    local n total=0
+    for n in "$@"; do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$(cat "$RUN/$n.pid")/stat")))
+    done
+    echo "$total"
+}
+
 # ---------------------------------------------------------------- the driver
 
 setup_system() {
@@ -582,6 +781,9 @@ main() {
     [[ -s $T/only ]] && read -ra only <"$T/only"
     for s in "${SCENARIOS[@]}"; do
         if ((${#only[@]} == 0)) || [[ " ${only[*]} " == *" ${s% *} "* ]]; then plan+=("$s"); fi
+    done
+    for s in "${BENCHES[@]}"; do
+        if [[ " ${only[*]} " == *" ${s% *} "* ]]; then plan+=("$s"); fi
     done
     printf '%s\n' "${plan[@]% *}" >"$OUT/plan"
     sync

@@ -32,6 +32,7 @@ pub fn common(files: TlsFiles) -> Common {
         keepalive: Keepalive::After(Duration::from_secs(60)),
         key_update_every: None,
         ktls: Default::default(),
+        tls_suite: None,
         pid_file: None,
         limits: Default::default(),
         drain_timeout: Duration::from_secs(1),

@@ -188,6 +188,10 @@ pub struct CommonArgs {
     /// our KeyUpdate; RFC 9289 peers: the tunnel ends at an RPC record boundary instead).
     #[arg(long, value_name = "N", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub key_update_every: Option<u64>,
+    /// Test knob: offer and accept only these cipher suites (rustls' names, comma-separated, e.g.
+    /// TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256), e.g. to run kTLS with each AEAD.
+    #[arg(long, value_name = "NAME[,NAME...]", hide = true)]
+    pub tls_suite: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -273,6 +273,8 @@ pub struct Common {
     pub key_update_every: Option<u64>,
     /// `--ktls`: kernel TLS for the data phase where the kernel can take it.
     pub ktls: Ktls,
+    /// Hidden test knob `--tls-suite`: this cipher suite only.
+    pub tls_suite: Option<String>,
     /// `--pid-file`: the process id, and next to it each reload's outcome.
     pub pid_file: Option<PathBuf>,
     /// Listen queue, handshake budget, write stalls, TCP user timeout.
@@ -354,6 +356,7 @@ impl Common {
             metrics: args.metrics,
             key_update_every: args.key_update_every,
             ktls: args.ktls.unwrap_or_default(),
+            tls_suite: args.tls_suite.clone(),
             pid_file: args.pid_file.clone(),
             limits: Limits {
                 listen_backlog: args.listen_backlog,
@@ -497,6 +500,8 @@ fn common_pairs(a: &Common, b: &Common) -> Vec<(&'static str, String, String)> {
         ("metrics", d(&a.metrics), d(&b.metrics)),
         ("user", d(&a.privileges), d(&b.privileges)),
         ("pid-file", d(&a.pid_file), d(&b.pid_file)),
+        ("ktls", d(&a.ktls), d(&b.ktls)),
+        ("tls-suite", d(&a.tls_suite), d(&b.tls_suite)),
     ]
 }
 

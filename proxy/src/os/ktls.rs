@@ -1,6 +1,6 @@
 //! Kernel TLS: after rustls' handshake, the socket itself seals and opens the records (Linux's `tls`
 //! upper-layer protocol). What is here is the system interface only; what to do with it (when to
-//! use it, alerts, key updates) is [`crate::tls::ktls`]'s.
+//! use it, alerts, key updates) is the TLS layer's (`tls/ktls.rs`).
 //!
 //! - [`enable`]: attach the `tls` ULP and install one direction's traffic key and sequence number
 //!   (nix's `TcpUlp`, `TcpTlsTx`/`TcpTlsRx`).

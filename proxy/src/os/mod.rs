@@ -330,6 +330,14 @@ pub(crate) fn host_addresses() -> io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// A descriptor that arrived in an SCM_RIGHTS message (the listener hand-over), owned from now on.
+pub(crate) fn owned_received_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the kernel installed this descriptor in our table for this message (SCM_RIGHTS); it
+    // is open and nothing else in the process refers to it (nix returns received descriptors raw).
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

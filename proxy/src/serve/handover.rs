@@ -382,7 +382,7 @@ fn receive(conn: &UnixStream) -> std::io::Result<(Offer, Vec<Received>)> {
         let mut fds = Vec::new();
         for c in msg.cmsgs().map_err(std::io::Error::from)? {
             if let nix::sys::socket::ControlMessageOwned::ScmRights(received) = c {
-                fds.extend(received.into_iter().map(owned));
+                fds.extend(received.into_iter().map(crate::os::owned_received_fd));
             }
         }
         (msg.bytes, fds)
@@ -423,14 +423,4 @@ fn receive(conn: &UnixStream) -> std::io::Result<(Offer, Vec<Received>)> {
         .map(|(d, fd)| (d.kind, d.addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))), fd))
         .collect();
     Ok((offer, sockets))
-}
-
-/// A descriptor that arrived in an SCM_RIGHTS message, owned from now on.
-#[allow(unsafe_code)]
-fn owned(fd: RawFd) -> OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: the kernel installed this descriptor in our table for this message (SCM_RIGHTS); it
-    // is open and nothing else in the process refers to it. The one place besides os.rs that needs
-    // `unsafe`: nix returns received descriptors as raw fds.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }

@@ -41,6 +41,9 @@ pub(crate) async fn start_server_taking_over(
     handover: Option<&Path>,
 ) -> Result<Running<ServerMode>, StartError> {
     let c = &cfg.common;
+    if let Some(name) = &c.tls_suite {
+        tls::only_suites(name)?;
+    }
     let reader = tls::Reader::after_drop(c.privileges.as_ref());
     let tls = tls::server_config(
         &c.tls,
@@ -82,6 +85,9 @@ pub(crate) async fn start_client_taking_over(
     handover: Option<&Path>,
 ) -> Result<Running<ClientMode>, StartError> {
     let c = &cfg.common;
+    if let Some(name) = &c.tls_suite {
+        tls::only_suites(name)?;
+    }
     let tls = tls::client_config(
         &c.tls,
         c.min_tls,

@@ -11,8 +11,9 @@
 //! first data stays in the socket for the kernel). Otherwise the tunnel runs on rustls' record
 //! layer ([`super::link::Link`]); the `tunnel opened` line says which (`path=ktls|rustls`).
 //!
-//! What the kernel cannot do: change keys before Linux 6.14 (a peer's KeyUpdate then ends the
-//! tunnel, with a reason), and count records against the key's limit, which we do (an upper bound:
+//! What the kernel cannot do: change keys where it has no TLS 1.3 rekeying (Debian 13's 6.12 has
+//! none: a peer's KeyUpdate then ends the tunnel, with the reason; the new key is offered to the
+//! kernel all the same, so a kernel that has it follows), and count records against the key's limit, which we do (an upper bound:
 //! every splice into the socket counts as whole records) and end the tunnel at
 //! [`super::link::RPC_TLS_RECORD_LIMIT`] records, as towards RFC 9289 peers.
 
@@ -280,9 +281,9 @@ impl KernelLink {
             Kernel::Server(k) => k.update_rx_secret(),
         };
         let cannot = |e: &dyn std::fmt::Display| {
-            LinkError::Tls(rustls::Error::General(format!(
-                "the peer changed keys (KeyUpdate) and this kernel's TLS cannot follow (rekeying needs Linux 6.14): {e}"
-            )))
+            LinkError::Kernel(format!(
+                "the peer changed keys (KeyUpdate) and this kernel cannot follow (it has no TLS 1.3 rekeying): {e}"
+            ))
         };
         let (seq, secrets) = rx.map_err(|e| cannot(&e))?;
         sys::enable(self.tcp.as_fd(), Direction::Rx, version, seq, &secrets).map_err(|e| cannot(&e))?;
@@ -312,6 +313,9 @@ impl KernelLink {
 
     /// Sends a fatal `alert` (best effort: the tunnel ends either way) and returns `error`.
     fn fail(&mut self, alert: AlertDescription, error: rustls::Error) -> LinkError {
+        // A record the kernel could not open leaves its error on the socket (sk_err), which fails
+        // every send after it; reading the error clears it, so the alert can still go out.
+        let _ = self.tcp.take_error();
         let _ = sys::send_record(self.tcp.as_fd(), sys::ALERT, &[2, u8::from(alert)]);
         LinkError::Tls(error)
     }

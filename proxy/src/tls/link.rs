@@ -73,6 +73,9 @@ pub(crate) enum LinkError {
     Tls(rustls::Error),
     #[error("tls: the peer closed TCP in the middle of a record (truncated)")]
     Truncated,
+    /// kTLS: the kernel cannot go on (e.g. it cannot take the key of a peer's KeyUpdate).
+    #[error("tls: kTLS: {0}")]
+    Kernel(String),
     #[error("read: {0}")]
     Read(io::Error),
     #[error("write: {0}")]

@@ -14,7 +14,7 @@ pub(crate) mod link;
 pub(crate) mod validate;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ca_tool::pem::{self, PemError};
 use rustls::crypto::CryptoProvider;
@@ -42,6 +42,8 @@ pub enum TlsError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: contains no private key; pass --key")]
     NoKey { path: PathBuf },
+    #[error("--tls-suite {name}: not a cipher suite of this build (there are: {known})")]
+    UnknownSuite { name: String, known: String },
     #[error("{key} does not match the certificate in {cert} ({detail})")]
     KeyMismatch { cert: PathBuf, key: PathBuf, detail: String },
     #[error("{path}: not a usable CA certificate ({detail})")]
@@ -117,7 +119,30 @@ impl Secured {
 /// The crypto provider, always passed explicitly: ring (aws-lc-rs does not build for FreeBSD here,
 /// and two providers compiled in make rustls panic at run time).
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(only) = ONLY_SUITES.get() {
+        provider.cipher_suites.retain(|s| only.contains(&format!("{:?}", s.suite())));
+    }
+    Arc::new(provider)
+}
+
+/// The hidden test knob `--tls-suite`: offer and accept these cipher suites only.
+static ONLY_SUITES: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Sets `--tls-suite NAME[,NAME...]` (once per process; a later call is ignored). An unknown name is
+/// an error naming the ones there are.
+pub(crate) fn only_suites(names: &str) -> Result<(), TlsError> {
+    let known: Vec<String> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| format!("{:?}", s.suite()))
+        .collect();
+    let names: Vec<String> = names.split(',').map(|n| n.trim().to_owned()).collect();
+    if let Some(name) = names.iter().find(|n| !known.contains(n)) {
+        return Err(TlsError::UnknownSuite { name: name.clone(), known: known.join(", ") });
+    }
+    let _ = ONLY_SUITES.set(names);
+    Ok(())
 }
 
 static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
