@@ -8,7 +8,8 @@
   echo.py source PORT BYTES     write BYTES (zeros) to every connection on 127.0.0.1:PORT, then close
   echo.py send PORT BYTES       send BYTES of seeded pseudo-random data to 127.0.0.1:PORT while reading
                                  the echo, shut down writing, read to the end; prints
-                                 "ok sent=N received=N" or "short/differs ..." and exits 1
+                                 "ok sent=N received=N", or "differs sent=N received=M prefix_ok=B"
+                                 (whether what came back is the start of what was sent) and exits 1
 Every blocking call has a timeout (60 s), so a stuck tunnel fails the scenario instead of hanging it.
 """
 import hashlib
@@ -108,20 +109,22 @@ def send(port, size):
     thread.start()
     got = hashlib.sha256()
     received = 0
+    prefix_ok = True
     try:
         while True:
             chunk = conn.recv(1 << 16)
             if not chunk:
                 break
             got.update(chunk)
-            received += chunk and len(chunk)
+            prefix_ok = prefix_ok and chunk == data[received:received + len(chunk)]
+            received += len(chunk)
     except OSError as e:
         failure.append(f"receive: {e}")
     thread.join(TIMEOUT)
     conn.close()
     want = hashlib.sha256(data).hexdigest()
     if failure or received != size or got.hexdigest() != want:
-        print(f"differs sent={size} received={received} sha_ok={got.hexdigest() == want} {' '.join(failure)}")
+        print(f"differs sent={size} received={received} prefix_ok={prefix_ok} {' '.join(failure)}")
         return 1
     print(f"ok sent={size} received={received}")
     return 0

@@ -42,7 +42,7 @@ mod linux {
     use std::io;
     use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-    use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
+    use nix::fcntl::{OFlag, SpliceFFlags};
     use nix::sys::socket::sockopt::{TcpTlsRx, TcpTlsTx, TcpUlp, TlsCryptoInfo};
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, TlsGetRecordType};
     use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
@@ -62,7 +62,7 @@ mod linux {
         seq: u64,
         secrets: &ConnectionTrafficSecrets,
     ) -> io::Result<()> {
-        set(fd, direction, &crypto_info(version, seq, secrets)?)
+        set(fd, direction, &crypto_info(direction, version, seq, secrets)?)
     }
 
     /// Installs zero keys of `cipher` for one direction: whether the kernel can (see [`super::probe`]).
@@ -117,11 +117,24 @@ mod linux {
         }
     }
 
-    fn crypto_info(
+    /// The kernel's key material for one direction. `seq`: the sequence number of the next record.
+    ///
+    /// Nonces (RFC 8446 5.3, RFC 5288 3, RFC 7905 2): TLS 1.3 and ChaCha20-Poly1305 form each record's
+    /// nonce as the 12-byte iv XOR the sequence number, rustls and the kernel alike, so the kernel
+    /// continues where rustls stopped. TLS 1.2 AES-GCM does not: rustls sealed record `s` with
+    /// `salt || explicit ^ s`, while the kernel seals with `salt || iv` and adds one to `iv` after each
+    /// record. Handing it `iv = explicit` would repeat the nonce of rustls' Finished (record 0) under
+    /// the same key, which breaks GCM; so it gets `explicit + seq` and counts up from there. That is
+    /// safe while rustls has sealed only record 0 (the Finished: `seq` is 1), which is always the case
+    /// after a TLS 1.2 handshake; anything else is refused. (On receive the explicit nonce comes with
+    /// each record and `iv` is not used.)
+    pub(super) fn crypto_info(
+        direction: Direction,
         version: ProtocolVersion,
         seq: u64,
         secrets: &ConnectionTrafficSecrets,
     ) -> io::Result<TlsCryptoInfo> {
+        let tls12 = version == ProtocolVersion::TLSv1_2;
         let version = version_number(version)?;
         let rec_seq = seq.to_be_bytes();
         let bad = |what: &str| {
@@ -138,7 +151,18 @@ mod linux {
             // rustls may name a TLS 1.2 AES-256-GCM key Aes128Gcm: the key length decides.
             ConnectionTrafficSecrets::Aes128Gcm { key, iv }
             | ConnectionTrafficSecrets::Aes256Gcm { key, iv } => {
-                let (salt, iv) = split(iv.as_ref())?;
+                let (salt, mut iv) = split(iv.as_ref())?;
+                if tls12 && direction == Direction::Tx {
+                    if seq > 1 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "kTLS: TLS 1.2 AES-GCM after {seq} records sealed by rustls (only 1 is safe)"
+                            ),
+                        ));
+                    }
+                    iv = u64::from_be_bytes(iv).wrapping_add(seq).to_be_bytes();
+                }
                 match key.as_ref().len() {
                     16 => TlsCryptoInfo::Aes128Gcm(libc::tls12_crypto_info_aes_gcm_128 {
                         info: libc::tls_crypto_info { version, cipher_type: libc::TLS_CIPHER_AES_GCM_128 },
@@ -232,6 +256,16 @@ mod linux {
         }
     }
 
+    /// Bytes TCP holds for the socket that the peer has not acknowledged (SIOCOUTQ).
+    pub(crate) fn unsent(fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which points at `n`.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// A pipe for [`splice`], non-blocking at both ends.
     #[derive(Debug)]
     pub(crate) struct Pipe {
@@ -242,11 +276,10 @@ mod linux {
     }
 
     impl Pipe {
-        /// A pipe of (up to) `size` bytes: the kernel keeps its default (64 KiB) if it refuses more.
-        pub(crate) fn new(size: usize) -> io::Result<Self> {
+        /// A pipe of the kernel's default size (64 KiB, 16 pages).
+        pub(crate) fn new() -> io::Result<Self> {
             let (read, write) =
                 nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-            let _ = nix::fcntl::fcntl(&write, FcntlArg::F_SETPIPE_SZ(size as libc::c_int));
             Ok(Self { read, write, held: 0 })
         }
 
@@ -329,6 +362,10 @@ mod other {
         Err(unsupported())
     }
 
+    pub(crate) fn unsent(_fd: BorrowedFd<'_>) -> io::Result<usize> {
+        Err(unsupported())
+    }
+
     pub(crate) fn send_record(_fd: BorrowedFd<'_>, _kind: u8, _data: &[u8]) -> io::Result<()> {
         Err(unsupported())
     }
@@ -339,7 +376,7 @@ mod other {
     }
 
     impl Pipe {
-        pub(crate) fn new(_size: usize) -> io::Result<Self> {
+        pub(crate) fn new() -> io::Result<Self> {
             Err(unsupported())
         }
 
@@ -371,4 +408,52 @@ pub(crate) fn probe(fd: BorrowedFd<'_>, version: ProtocolVersion, cipher: Cipher
     attach(fd)?;
     enable_zero(fd, Direction::Tx, version, cipher)?;
     enable_zero(fd, Direction::Rx, version, cipher)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use nix::sys::socket::sockopt::TlsCryptoInfo;
+    use rustls::crypto::cipher::{AeadKey, Iv};
+    use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
+
+    use super::linux::crypto_info;
+    use super::Direction;
+
+    const IV: [u8; 12] = [0xa1, 0xa2, 0xa3, 0xa4, 0, 0, 0, 0, 0, 0, 0x12, 0x35];
+
+    fn gcm() -> ConnectionTrafficSecrets {
+        ConnectionTrafficSecrets::Aes256Gcm { key: AeadKey::from([7; 32]), iv: Iv::new(IV) }
+    }
+
+    /// (salt, iv, rec_seq) as the kernel gets them.
+    fn fields(info: TlsCryptoInfo) -> ([u8; 4], [u8; 8], [u8; 8]) {
+        match info {
+            TlsCryptoInfo::Aes256Gcm(i) => (i.salt, i.iv, i.rec_seq),
+            other => panic!("expected AES-256-GCM, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_kernels_first_tls12_gcm_nonce_is_not_the_one_rustls_sealed_the_finished_with() {
+        let (salt, iv, _) =
+            fields(crypto_info(Direction::Tx, ProtocolVersion::TLSv1_2, 1, &gcm()).expect("crypto info"));
+        // rustls sealed record 0 with salt || explicit ^ 0; the kernel's first record uses salt || iv.
+        assert_eq!(salt, IV[..4]);
+        assert_ne!(iv, IV[4..], "the kernel would repeat the Finished's nonce");
+        assert_eq!(u64::from_be_bytes(iv), u64::from_be_bytes(IV[4..].try_into().expect("8 bytes")) + 1);
+        // Counting up from there, it stays clear of it for 2^64 - 1 records.
+        assert!(crypto_info(Direction::Tx, ProtocolVersion::TLSv1_2, 2, &gcm()).is_err());
+    }
+
+    #[test]
+    fn tls13_keys_go_to_the_kernel_as_rustls_uses_them_with_the_next_sequence_number() {
+        let (salt, iv, rec_seq) =
+            fields(crypto_info(Direction::Tx, ProtocolVersion::TLSv1_3, 5, &gcm()).expect("crypto info"));
+        // TLS 1.3: nonce = iv ^ seq on both sides, so the iv is passed as it is.
+        assert_eq!((salt.as_slice(), iv.as_slice()), (&IV[..4], &IV[4..]));
+        assert_eq!(rec_seq, 5u64.to_be_bytes());
+        let (_, rx_iv, _) =
+            fields(crypto_info(Direction::Rx, ProtocolVersion::TLSv1_2, 1, &gcm()).expect("crypto info"));
+        assert_eq!(rx_iv, IV[4..], "receive: the explicit nonce comes with each record");
+    }
 }

@@ -235,11 +235,7 @@ async fn drive<S: Side>(
             (Some(suite), Some(version)) if super::ktls::supports(suite, version));
     if kernel_may && super::ktls::attach(&tcp).is_ok() {
         let (secrets, kernel) = conn.into_kernel().map_err(HandshakeError::tls)?;
-        let limit = match keys {
-            KeyPolicy::EndTunnel { after } => Some(after),
-            KeyPolicy::Rekey { .. } => None,
-        };
-        return KernelLink::new(tcp, secrets, kernel, negotiated, peer_certificates, limit)
+        return KernelLink::new(tcp, secrets, kernel, negotiated, peer_certificates, keys)
             .map(Secured::Kernel)
             .map_err(HandshakeError::Kernel);
     }
@@ -258,7 +254,10 @@ async fn drive<S: Side>(
 }
 
 /// How many more bytes complete the record that `buf` (whole records, then part of one) ends in:
-/// the rest of its 5-byte header, or of its body once the header is there.
+/// the rest of its 5-byte header, or of its body once the header is there. An estimate when rustls
+/// has joined the fragments of a handshake message split across records in place (it rewrites the
+/// headers behind the first): a read may then go past the Finished, and the tunnel stays on rustls
+/// (see `kernel_may`): never wrong, only a missed chance for kTLS.
 fn to_record_end(buf: &[u8]) -> usize {
     let mut at = 0;
     loop {

@@ -13,9 +13,12 @@
 //!
 //! What the kernel cannot do: change keys where it has no TLS 1.3 rekeying (Debian 13's 6.12 has
 //! none: a peer's KeyUpdate then ends the tunnel, with the reason; the new key is offered to the
-//! kernel all the same, so a kernel that has it follows), and count records against the key's limit, which we do (an upper bound:
-//! every splice into the socket counts as whole records) and end the tunnel at
-//! [`super::link::RPC_TLS_RECORD_LIMIT`] records, as towards RFC 9289 peers.
+//! kernel all the same, so a kernel that has it follows), and count records against the key's
+//! limit. We count (an upper bound: every splice into the socket counts as whole records): towards
+//! stunnel-style peers we send a KeyUpdate near the suite's confidentiality limit (the tunnel ends
+//! if the kernel cannot take the new key), towards RFC 9289 peers the tunnel ends after
+//! [`super::link::RPC_TLS_RECORD_LIMIT`] records (with a reset: the bytes never pass through us, so
+//! not at an RPC record boundary).
 
 use std::io;
 use std::os::fd::AsFd;
@@ -28,7 +31,7 @@ use rustls::server::ServerConnectionData;
 use rustls::{AlertDescription, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
 use tokio::net::TcpStream;
 
-use super::link::{LinkError, MAX_PLAINTEXT, RPC_TLS_RECORD_LIMIT};
+use super::link::{KeyPolicy, LinkError, MAX_PLAINTEXT};
 use crate::os::ktls::{self as sys, Cipher, Direction};
 
 /// What this kernel can take over, found once: `Ok` lists the (version, cipher) pairs; `Err` says
@@ -104,6 +107,13 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
+    fn negotiated_cipher_suite(&self) -> SupportedCipherSuite {
+        match self {
+            Kernel::Client(k) => k.negotiated_cipher_suite(),
+            Kernel::Server(k) => k.negotiated_cipher_suite(),
+        }
+    }
+
     fn protocol_version(&self) -> ProtocolVersion {
         match self {
             Kernel::Client(k) => k.protocol_version(),
@@ -132,6 +142,10 @@ pub(crate) struct KernelLink {
     /// An upper bound of the records sealed under the current key.
     sealed: u64,
     limit: u64,
+    /// At the limit: change keys (stunnel-style peers) rather than end the tunnel (RFC 9289 peers).
+    rekey: bool,
+    /// The peer's KeyUpdate asked for ours; not sent yet.
+    key_update_owed: bool,
 }
 
 impl std::fmt::Debug for KernelLink {
@@ -152,9 +166,18 @@ impl KernelLink {
         kernel: Kernel,
         negotiated: String,
         peer_certificates: Vec<CertificateDer<'static>>,
-        limit: Option<u64>,
+        keys: KeyPolicy,
     ) -> io::Result<Self> {
         let version = kernel.protocol_version();
+        let suite_limit = match kernel.negotiated_cipher_suite() {
+            SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+            SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+        };
+        let (limit, rekey) = match keys {
+            KeyPolicy::EndTunnel { after } => (after.min(suite_limit), false),
+            // Headroom for the count being a bound of our own (rustls itself rekeys just below it).
+            KeyPolicy::Rekey { every } => (every.unwrap_or(suite_limit - suite_limit / 8), true),
+        };
         let (tx_seq, tx) = secrets.tx;
         let (rx_seq, rx) = secrets.rx;
         sys::enable(tcp.as_fd(), Direction::Tx, version, tx_seq, &tx)?;
@@ -165,7 +188,9 @@ impl KernelLink {
             negotiated,
             peer_certificates,
             sealed: 0,
-            limit: limit.unwrap_or(RPC_TLS_RECORD_LIMIT).min(RPC_TLS_RECORD_LIMIT),
+            limit,
+            rekey,
+            key_update_owed: false,
         })
     }
 
@@ -186,9 +211,17 @@ impl KernelLink {
         self.sealed += n.div_ceil(MAX_PLAINTEXT) as u64;
     }
 
-    /// The key has sealed its share of records: the tunnel must end (the kernel cannot change keys).
-    pub(crate) fn keys_spent(&self) -> bool {
-        self.sealed >= self.limit
+    /// Whether the key has sealed its share of records and the tunnel must end (RFC 9289 peers).
+    /// Towards other peers our KeyUpdate is owed instead (see [`Self::key_update_owed`]).
+    pub(crate) fn keys_spent(&mut self) -> bool {
+        if self.sealed < self.limit {
+            return false;
+        }
+        if self.rekey {
+            self.key_update_owed = true;
+            return false;
+        }
+        true
     }
 
     /// A read from the socket failed with `error`: what it means, with rustls' alert for it sent.
@@ -206,17 +239,30 @@ impl KernelLink {
     /// The next record is not application data (splice(2) said `EINVAL`): reads and acts on it.
     pub(crate) fn take_record(&mut self) -> Result<Control, LinkError> {
         let mut buf = vec![0u8; MAX_PLAINTEXT + 256];
+        // A record that is not data waits, opened, for this read. Nothing there (or the end of the
+        // stream) means the EINVAL was the kernel giving up on the stream: a record header it could
+        // not parse, after which it reads nothing more.
+        let stopped = |link: &mut Self| {
+            link.fail(
+                AlertDescription::DecodeError,
+                rustls::Error::General("malformed record: the kernel stopped reading the stream".into()),
+            )
+        };
         let (kind, n) = match sys::recv_record(self.tcp.as_fd(), &mut buf) {
             Ok(found) => found,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Control::Handled),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(stopped(self)),
             Err(e) => return Err(self.read_failed(e)),
         };
         buf.truncate(n);
         match kind {
-            sys::APPLICATION_DATA if n == 0 => Ok(Control::Closed),
+            sys::APPLICATION_DATA if n == 0 => Err(stopped(self)),
             sys::APPLICATION_DATA => Ok(Control::Data(buf)),
+            // As rustls: close_notify ends the input; user_canceled, and in TLS 1.2 any warning, is
+            // passed over; every other alert is fatal.
             sys::ALERT => match buf[..] {
                 [_, 0] => Ok(Control::Closed),
+                [_, 90] => Ok(Control::Handled),
+                [1, _] if self.kernel.protocol_version() == ProtocolVersion::TLSv1_2 => Ok(Control::Handled),
                 [_, description] => Err(LinkError::Tls(rustls::Error::AlertReceived(description.into()))),
                 _ => Err(self
                     .fail(AlertDescription::DecodeError, rustls::Error::General("malformed alert".into()))),
@@ -243,13 +289,15 @@ impl KernelLink {
             }
             let (body, rest) = rest.split_at(len);
             messages = rest;
+            let tls13 = self.kernel.protocol_version() == ProtocolVersion::TLSv1_3;
             match (*typ, &mut self.kernel) {
                 (4, Kernel::Client(k)) => {
                     if let Err(e) = k.handle_new_session_ticket(body) {
                         return Err(self.fail(AlertDescription::DecodeError, e));
                     }
                 }
-                (24, _) => self.key_update(body)?,
+                // RFC 8446 5.1: a KeyUpdate ends its record (what follows is under the new key).
+                (24, _) if tls13 && messages.is_empty() => self.key_update(body)?,
                 _ => {
                     return Err(self.fail(
                         AlertDescription::UnexpectedMessage,
@@ -287,18 +335,32 @@ impl KernelLink {
         };
         let (seq, secrets) = rx.map_err(|e| cannot(&e))?;
         sys::enable(self.tcp.as_fd(), Direction::Rx, version, seq, &secrets).map_err(|e| cannot(&e))?;
-        if requested {
-            // Our KeyUpdate goes out under the old key; everything after it under the new one.
-            sys::send_record(self.tcp.as_fd(), sys::HANDSHAKE, &[24, 0, 0, 1, 0])
-                .map_err(LinkError::Write)?;
-            let tx = match &mut self.kernel {
-                Kernel::Client(k) => k.update_tx_secret(),
-                Kernel::Server(k) => k.update_tx_secret(),
-            };
-            let (seq, secrets) = tx.map_err(|e| cannot(&e))?;
-            sys::enable(self.tcp.as_fd(), Direction::Tx, version, seq, &secrets).map_err(|e| cannot(&e))?;
-            self.sealed = 0;
-        }
+        // Ours goes out before the next data (several requests in a row get one answer).
+        self.key_update_owed |= requested;
+        Ok(())
+    }
+
+    /// The peer asked for our KeyUpdate: [`Self::send_key_update`] before the next data.
+    pub(crate) fn key_update_owed(&self) -> bool {
+        self.key_update_owed
+    }
+
+    /// Sends the KeyUpdate we owe under the old key (`WouldBlock` while the socket buffer is full:
+    /// nothing was sent), then gives the kernel our new key for everything after it.
+    pub(crate) fn send_key_update(&mut self) -> Result<(), LinkError> {
+        sys::send_record(self.tcp.as_fd(), sys::HANDSHAKE, &[24, 0, 0, 1, 0]).map_err(LinkError::Write)?;
+        self.key_update_owed = false;
+        let version = self.kernel.protocol_version();
+        let tx = match &mut self.kernel {
+            Kernel::Client(k) => k.update_tx_secret(),
+            Kernel::Server(k) => k.update_tx_secret(),
+        };
+        let cannot = |e: &dyn std::fmt::Display| {
+            LinkError::Kernel(format!("our KeyUpdate is sent but this kernel cannot take our new key: {e}"))
+        };
+        let (seq, secrets) = tx.map_err(|e| cannot(&e))?;
+        sys::enable(self.tcp.as_fd(), Direction::Tx, version, seq, &secrets).map_err(|e| cannot(&e))?;
+        self.sealed = 0;
         Ok(())
     }
 

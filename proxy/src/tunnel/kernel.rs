@@ -9,6 +9,7 @@
 //! session ticket, a KeyUpdate). A record the kernel cannot open is `EBADMSG`, and so on: see
 //! [`KernelLink::read_failed`].
 
+use std::future::Future;
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
 use std::pin::Pin;
@@ -25,8 +26,15 @@ use crate::os::ktls::Pipe;
 use crate::tls::ktls::{Control, KernelLink};
 use crate::tls::link::LinkError;
 
-/// Each direction's pipe: how much one splice(2) moves at most (the kernel may keep its 64 KiB).
-const PIPE_SIZE: usize = 256 * 1024;
+/// Each direction's pipe, the kernel's default size: 16 pages. Larger pipes count against the
+/// service user's pipe-user-pages-soft (16384 pages), beyond which new pipes get 2 pages; at 16
+/// pages two per tunnel stay below it up to 512 tunnels. Each tunnel holds four descriptors more
+/// than on the rustls path (see LimitNOFILE in the systemd units).
+const PIPE_SIZE: usize = 64 * 1024;
+/// How often the end of our output looks whether TCP has sent everything (see `poll_close`).
+const SETTLE_EVERY: Duration = Duration::from_millis(2);
+/// Opened records taken into the pipe before it is drained (three full ones fit in its 16 pages).
+const BATCH: usize = 48 * 1024;
 
 /// Copies both ways between the kTLS socket and the plain socket; see [`super::splice::splice`] for
 /// the arguments and the end.
@@ -38,7 +46,7 @@ pub(crate) async fn splice(
     cut: &Cut,
     stall_limit: Option<Duration>,
 ) -> End {
-    let pipes = Pipe::new(PIPE_SIZE).and_then(|a| Pipe::new(PIPE_SIZE).map(|b| (a, b)));
+    let pipes = Pipe::new().and_then(|a| Pipe::new().map(|b| (a, b)));
     let (from_pipe, to_pipe) = match pipes {
         Ok(pipes) => pipes,
         Err(error) => {
@@ -50,8 +58,14 @@ pub(crate) async fn splice(
     let mut copy = KernelCopy {
         link,
         plain,
-        from_tls: FromKernel { pipe: from_pipe, spill: Vec::new(), state: State::default() },
-        to_tls: ToKernel { pipe: to_pipe, state: State::default(), close_sent: false },
+        from_tls: FromKernel {
+            pipe: from_pipe,
+            spill: Vec::new(),
+            failed: None,
+            record_next: false,
+            state: State::default(),
+        },
+        to_tls: ToKernel { pipe: to_pipe, state: State::default(), close_sent: false, settle: None },
     };
     copy_loop(&mut copy, tls_is_inbound, counters, cut, stall_limit).await
 }
@@ -80,6 +94,10 @@ impl Directions for KernelCopy {
     fn plain(&self) -> &TcpStream {
         &self.plain
     }
+
+    fn tls_failed(&mut self, error: std::io::Error) -> LinkError {
+        self.link.read_failed(error)
+    }
 }
 
 /// Where a direction is.
@@ -96,6 +114,10 @@ struct FromKernel {
     pipe: Pipe,
     /// Application data read with a record (see [`Control::Data`]), written before the pipe.
     spill: Vec<u8>,
+    /// A failure met behind data still in the pipe: reported once that data is out.
+    failed: Option<LinkError>,
+    /// splice(2) said the next record is not application data: read it with [`KernelLink::take_record`].
+    record_next: bool,
     state: State,
 }
 
@@ -134,6 +156,9 @@ impl FromKernel {
                     Err(e) => return Poll::Ready(Err(plain_error("write", e))),
                 }
             }
+            if let Some(e) = self.failed.take() {
+                return Poll::Ready(Err(End::Tls(e)));
+            }
             if self.state.read_done {
                 ready!(poll_finish(cx, plain))?;
                 self.state.done = true;
@@ -144,20 +169,42 @@ impl FromKernel {
             if let Err(e) = ready!(tcp.poll_read_ready(cx)) {
                 return Poll::Ready(Err(End::Tls(LinkError::Read(e))));
             }
-            match tcp.try_io(Interest::READABLE, || self.pipe.fill_from(tcp.as_fd(), PIPE_SIZE)) {
-                // TCP's end without close_notify. The kernel does not say whether it came in the
-                // middle of a record (it drops the part), so it is taken as the end of input.
-                Ok(0) => self.state.read_done = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                // Not application data: an alert or a post-handshake message.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match link.take_record() {
+            // The kernel opens one record per splice: take several before draining. Only a splice
+            // into an empty pipe may clear the socket's readiness (its EAGAIN can only mean the socket
+            // has no whole record); a later one's EAGAIN may mean a full pipe, so it is called directly
+            // and only ends the batch.
+            if std::mem::take(&mut self.record_next) {
+                match link.take_record() {
                     Ok(Control::Handled) => {}
                     Ok(Control::Closed) => self.state.read_done = true,
                     Ok(Control::Data(data)) => self.spill = data,
                     Err(e) => return Poll::Ready(Err(End::Tls(e))),
-                },
-                Err(e) => return Poll::Ready(Err(End::Tls(link.read_failed(e)))),
+                }
+                continue;
+            }
+            let mut first = true;
+            loop {
+                let filled = if first {
+                    tcp.try_io(Interest::READABLE, || self.pipe.fill_from(tcp.as_fd(), PIPE_SIZE))
+                } else {
+                    self.pipe.fill_from(tcp.as_fd(), PIPE_SIZE)
+                };
+                first = false;
+                match filled {
+                    // TCP's end at a record boundary without close_notify (a FIN in the middle of a
+                    // record is EPIPE: see KernelLink::read_failed).
+                    Ok(0) => self.state.read_done = true,
+                    Ok(_) if self.pipe.held < BATCH => continue,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    // Not application data (an alert, a post-handshake message): read once what
+                    // came before it is out (the kernel may not say EINVAL twice).
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.record_next = true,
+                    // Delivered after what came before it, as on the rustls path.
+                    Err(e) if self.pipe.held > 0 => self.failed = Some(link.read_failed(e)),
+                    Err(e) => return Poll::Ready(Err(End::Tls(link.read_failed(e)))),
+                }
+                break;
             }
         }
     }
@@ -168,6 +215,8 @@ struct ToKernel {
     pipe: Pipe,
     state: State,
     close_sent: bool,
+    /// While the end of our output waits for TCP to have sent everything (see [`Self::poll_close`]).
+    settle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ToKernel {
@@ -183,6 +232,20 @@ impl ToKernel {
         }
         loop {
             self.state.writing = true;
+            // A KeyUpdate the peer asked for goes out before any more data.
+            while link.key_update_owed() {
+                if let Err(e) = ready!(link.tcp().poll_write_ready(cx)) {
+                    return Poll::Ready(Err(End::Tls(LinkError::Write(e))));
+                }
+                match link.send_key_update() {
+                    Ok(()) => {}
+                    Err(LinkError::Write(e)) if e.kind() == ErrorKind::WouldBlock => {
+                        // No room after all: clear the readiness, so that the next poll waits.
+                        let _ = link.tcp().try_io(Interest::WRITABLE, || Err::<(), _>(e));
+                    }
+                    Err(e) => return Poll::Ready(Err(End::Tls(e))),
+                }
+            }
             while self.pipe.held > 0 {
                 if let Err(e) = ready!(link.tcp().poll_write_ready(cx)) {
                     return Poll::Ready(Err(End::Tls(LinkError::Write(e))));
@@ -222,8 +285,19 @@ impl ToKernel {
     }
 
     /// close_notify, then FIN: the end of the plain side's input passed on.
+    ///
+    /// kTLS takes a record whole even when TCP has room for only part of it, and pushes the rest
+    /// when acknowledgements make room; a FIN queued meanwhile would cut that record. So the
+    /// close_notify waits until TCP holds nothing unacknowledged (checked every [`SETTLE_EVERY`];
+    /// the stall watch ends a tunnel whose peer stopped reading), and then goes into an empty queue
+    /// whole.
     fn poll_close(&mut self, cx: &mut Context<'_>, link: &KernelLink) -> Poll<Result<(), End>> {
         let tcp = link.tcp();
+        while !self.close_sent && crate::os::ktls::unsent(tcp.as_fd()).is_ok_and(|n| n > 0) {
+            let timer = self.settle.get_or_insert_with(|| Box::pin(tokio::time::sleep(SETTLE_EVERY)));
+            ready!(timer.as_mut().poll(cx));
+            self.settle = None;
+        }
         while !self.close_sent {
             if let Err(e) = ready!(tcp.poll_write_ready(cx)) {
                 return Poll::Ready(Err(End::Tls(LinkError::Write(e))));

@@ -106,6 +106,11 @@ pub(super) trait Directions {
     fn poll(&mut self, cx: &mut Context<'_>, from_count: &AtomicU64, to_count: &AtomicU64) -> [Polled; 2];
     fn tls(&self) -> &TcpStream;
     fn plain(&self) -> &TcpStream;
+    /// What an error found on the TLS socket while nothing reads it means (kTLS: a record the kernel
+    /// could not open, whose alert is still to be sent).
+    fn tls_failed(&mut self, error: std::io::Error) -> LinkError {
+        LinkError::Read(error)
+    }
 }
 
 /// One direction's state after a poll: its result, and whether it waits on a write.
@@ -144,7 +149,7 @@ pub(super) async fn copy_loop<D: Directions>(
         // While a direction cannot write, nothing reads its source: look there for a reset.
         if from_stall.since.is_some() {
             if let Some(error) = source_failed(cx, d.tls()) {
-                return Poll::Ready(End::Tls(LinkError::Read(error)));
+                return Poll::Ready(End::Tls(d.tls_failed(error)));
             }
         }
         if to_stall.since.is_some() {

@@ -105,11 +105,11 @@ for unit in nfs-tls-proxy-server.service nfs-tls-proxy-client.service; do
 		fail "$case_" "$out"
 	fi
 
-	case_="$unit: User=nfs-tls-proxy, LimitNOFILE >= 2 x 1024 + headroom, ExecReload via nfs-tls-proxy reload"
+	case_="$unit: User=nfs-tls-proxy, LimitNOFILE >= 6 x 1024 + headroom (kTLS: two pipes a tunnel), ExecReload via nfs-tls-proxy reload"
 	u=$(sed -n 's/^User=//p' "$DIST/$unit")
 	nofile=$(sed -n 's/^LimitNOFILE=//p' "$DIST/$unit")
 	reload=$(sed -n 's/^ExecReload=//p' "$DIST/$unit")
-	if [ "$u" = nfs-tls-proxy ] && [ "${nofile:-0}" -ge 4096 ] 2>/dev/null &&
+	if [ "$u" = nfs-tls-proxy ] && [ "${nofile:-0}" -ge 6400 ] 2>/dev/null &&
 		echo "$reload" | grep -q '^/usr/local/bin/nfs-tls-proxy reload '; then
 		pass "$case_"
 	else
