@@ -618,8 +618,9 @@ ktls_meets_a_peers_key_update() {
 # A TLS client that cuts or corrupts its own records (tlspeer.py: OpenSSL through memory BIOs) in front
 # of a kTLS server and of a rustls one (--ktls off): each case must look the same from both ends. An
 # orderly close: the echo and our close_notify, the backend sees a FIN. A record cut short by a FIN,
-# a record with a flipped byte: the backend sees the data before it and then a reset, never a clean
-# end; the client gets bad_record_mac for the corrupt record.
+# a record with a flipped byte, a record header of no TLS version: the backend sees the data before
+# it and then a reset, never a clean end; the client gets bad_record_mac for the corrupt record and
+# the same alert from both paths for the bad header.
 ktls_faults_reach_both_ends_as_with_rustls() {
     local backend_log=$SC_OUT/backend-ends.log case path port=2390 got=() want
     python3 "$T/echo.py" serve 7003 "$backend_log" >>"$SC_OUT/echo.log" 2>&1 &
@@ -630,7 +631,7 @@ ktls_faults_reach_both_ends_as_with_rustls() {
         local flags=()
         [[ $path == rustls ]] && flags=(--ktls off)
         start_proxy "s-$path" server --listen 127.0.0.1:$port --backend 127.0.0.1:7003 --allow-cn r0 "${flags[@]}"
-        for case in close truncate badmac; do
+        for case in close truncate badmac badheader; do
             : >"$backend_log"
             step "$path: $case"
             local peer
@@ -638,12 +639,12 @@ ktls_faults_reach_both_ends_as_with_rustls() {
             wait_for 10 "the backend to see the end ($path $case)" test -s "$backend_log"
             got+=("$path $case: client $peer, backend $(cat "$backend_log")")
         done
-        wait_for 10 "s-$path's tunnels to close" bash -c "(( \$(grep -c 'tunnel closed' '$SC_OUT/s-$path.log') == 3 ))"
+        wait_for 10 "s-$path's tunnels to close" bash -c "(( \$(grep -c 'tunnel closed' '$SC_OUT/s-$path.log') == 4 ))"
         in_log "s-$path" "tunnel opened.*path=\"$path\"" || fail "s-$path ran $(grep -o 'path=[^ ]*' "$SC_OUT/s-$path.log" | head -1)"
         stop_proxy "s-$path" TERM
     done
     printf '%s\n' "${got[@]}" >"$SC_OUT/outcomes"
-    for case in close truncate badmac; do
+    for case in close truncate badmac badheader; do
         want=$(grep "^rustls $case:" "$SC_OUT/outcomes" | cut -d: -f2-)
         [[ $(grep "^ktls $case:" "$SC_OUT/outcomes" | cut -d: -f2-) == "$want" ]] ||
             fail "$case: kTLS: $(grep "^ktls $case:" "$SC_OUT/outcomes" | cut -d: -f2-), rustls:$want"
@@ -652,6 +653,8 @@ ktls_faults_reach_both_ends_as_with_rustls() {
     grep -q '^rustls truncate: .*backend data=5 end=reset$' "$SC_OUT/outcomes" || fail "truncate: $(grep '^rustls truncate' "$SC_OUT/outcomes")"
     grep -q '^rustls badmac: client echo= end=alert:SSLV3_ALERT_BAD_RECORD_MAC, backend data=5 end=reset$' "$SC_OUT/outcomes" ||
         fail "badmac: $(grep '^rustls badmac' "$SC_OUT/outcomes")"
+    grep -q '^rustls badheader: client echo= end=alert:.*, backend data=5 end=reset$' "$SC_OUT/outcomes" ||
+        fail "badheader: $(grep '^rustls badheader' "$SC_OUT/outcomes")"
     echo "detail: $(sed 's/^rustls //; /^ktls /d' "$SC_OUT/outcomes" | paste -sd ';' | sed 's/;/; /g') (the same with kTLS)"
 }
 

@@ -8,6 +8,7 @@ It sends "hello" in one record, then per CASE:
   close     close_notify, then FIN; reads the echo and the server's close_notify
   truncate  half of the next record, then FIN
   badmac    the next record with its last byte flipped
+  badheader the next record with a record header no TLS version has (0x0400)
 and prints one line of what came back: `echo=<bytes> end=<close_notify|eof|reset|alert:NAME>`.
 Every blocking call has a timeout (30 s).
 """
@@ -58,6 +59,9 @@ def main(port, cert, key, ca, case, name="storage"):
         if case == "truncate":
             sock.sendall(record[: len(record) // 2])
             sock.shutdown(socket.SHUT_WR)
+        elif case == "badheader":
+            record[1:3] = b"\x04\x00"
+            sock.sendall(record)
         else:
             record[-1] ^= 1
             sock.sendall(record)
