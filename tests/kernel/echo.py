@@ -22,13 +22,7 @@ TIMEOUT = 60
 
 
 def serve(port, log=None):
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
-    srv.listen(64)
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=echo, args=(conn, log), daemon=True).start()
+    serve_with(port, lambda conn: echo(conn, log))
 
 
 def serve_with(port, handle):
@@ -70,7 +64,6 @@ def source(size):
 
 
 def echo(conn, log=None):
-    conn.settimeout(TIMEOUT)
     total, end = 0, "eof"
     try:
         while True:

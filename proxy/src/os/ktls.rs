@@ -266,6 +266,33 @@ mod linux {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
+    /// Whether the peer's FIN has arrived (TCP_INFO's state): tells the end of the stream from an
+    /// empty record, which splice(2) reports alike (0 bytes).
+    pub(crate) fn peer_finished(fd: BorrowedFd<'_>) -> io::Result<bool> {
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let got = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // include/net/tcp_states.h: every state after the peer's FIN.
+        const TIME_WAIT: u8 = 6;
+        const CLOSE: u8 = 7;
+        const CLOSE_WAIT: u8 = 8;
+        const LAST_ACK: u8 = 9;
+        const CLOSING: u8 = 11;
+        Ok(matches!(info.tcpi_state, TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING))
+    }
+
     /// A pipe for [`splice`], non-blocking at both ends.
     #[derive(Debug)]
     pub(crate) struct Pipe {
@@ -363,6 +390,10 @@ mod other {
     }
 
     pub(crate) fn unsent(_fd: BorrowedFd<'_>) -> io::Result<usize> {
+        Err(unsupported())
+    }
+
+    pub(crate) fn peer_finished(_fd: BorrowedFd<'_>) -> io::Result<bool> {
         Err(unsupported())
     }
 

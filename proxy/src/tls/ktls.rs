@@ -176,7 +176,10 @@ impl KernelLink {
         let (limit, rekey) = match keys {
             KeyPolicy::EndTunnel { after } => (after.min(suite_limit), false),
             // Headroom for the count being a bound of our own (rustls itself rekeys just below it).
-            KeyPolicy::Rekey { every } => (every.unwrap_or(suite_limit - suite_limit / 8), true),
+            // TLS 1.2 has no KeyUpdate: such a tunnel ends there (as rustls' own record layer does).
+            KeyPolicy::Rekey { every } => {
+                (every.unwrap_or(suite_limit - suite_limit / 8), version == ProtocolVersion::TLSv1_3)
+            }
         };
         let (tx_seq, tx) = secrets.tx;
         let (rx_seq, rx) = secrets.rx;
@@ -232,6 +235,8 @@ impl KernelLink {
                 self.fail(AlertDescription::RecordOverflow, rustls::Error::PeerSentOversizedRecord)
             }
             Some(libc::EPIPE) => LinkError::Truncated,
+            // The kernel's record parser gave up (a header it could not parse; see take_record).
+            Some(libc::EINVAL) => self.stopped(),
             _ => LinkError::Read(error),
         }
     }
@@ -242,26 +247,20 @@ impl KernelLink {
         // A record that is not data waits, opened, for this read. Nothing there (or the end of the
         // stream) means the EINVAL was the kernel giving up on the stream: a record header it could
         // not parse, after which it reads nothing more.
-        let stopped = |link: &mut Self| {
-            link.fail(
-                AlertDescription::DecodeError,
-                rustls::Error::General("malformed record: the kernel stopped reading the stream".into()),
-            )
-        };
         let (kind, n) = match sys::recv_record(self.tcp.as_fd(), &mut buf) {
             Ok(found) => found,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(stopped(self)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(self.stopped()),
             Err(e) => return Err(self.read_failed(e)),
         };
         buf.truncate(n);
         match kind {
-            sys::APPLICATION_DATA if n == 0 => Err(stopped(self)),
+            sys::APPLICATION_DATA if n == 0 => Err(self.stopped()),
             sys::APPLICATION_DATA => Ok(Control::Data(buf)),
             // As rustls: close_notify ends the input; user_canceled, and in TLS 1.2 any warning, is
             // passed over; every other alert is fatal.
             sys::ALERT => match buf[..] {
                 [_, 0] => Ok(Control::Closed),
-                [_, 90] => Ok(Control::Handled),
+                [1, 90] => Ok(Control::Handled),
                 [1, _] if self.kernel.protocol_version() == ProtocolVersion::TLSv1_2 => Ok(Control::Handled),
                 [_, description] => Err(LinkError::Tls(rustls::Error::AlertReceived(description.into()))),
                 _ => Err(self
@@ -345,10 +344,14 @@ impl KernelLink {
         self.key_update_owed
     }
 
-    /// Sends the KeyUpdate we owe under the old key (`WouldBlock` while the socket buffer is full:
-    /// nothing was sent), then gives the kernel our new key for everything after it.
-    pub(crate) fn send_key_update(&mut self) -> Result<(), LinkError> {
-        sys::send_record(self.tcp.as_fd(), sys::HANDSHAKE, &[24, 0, 0, 1, 0]).map_err(LinkError::Write)?;
+    /// Sends the KeyUpdate we owe, under the old key (`WouldBlock` while the socket buffer is full:
+    /// nothing was sent). Then [`Self::key_update_sent`].
+    pub(crate) fn send_key_update(&self) -> io::Result<()> {
+        sys::send_record(self.tcp.as_fd(), sys::HANDSHAKE, &[24, 0, 0, 1, 0])
+    }
+
+    /// Our KeyUpdate is out: the kernel gets our new key for everything after it.
+    pub(crate) fn key_update_sent(&mut self) -> Result<(), LinkError> {
         self.key_update_owed = false;
         let version = self.kernel.protocol_version();
         let tx = match &mut self.kernel {
@@ -362,6 +365,22 @@ impl KernelLink {
         sys::enable(self.tcp.as_fd(), Direction::Tx, version, seq, &secrets).map_err(|e| cannot(&e))?;
         self.sealed = 0;
         Ok(())
+    }
+
+    /// A peer that sends nothing but empty records (RFC 8446 5.1 allows some; rustls refuses a run).
+    pub(crate) fn too_many_empty_records(&mut self) -> LinkError {
+        self.fail(
+            AlertDescription::UnexpectedMessage,
+            rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::TooManyEmptyFragments),
+        )
+    }
+
+    /// The kernel's record parser stopped on a header it could not parse: decode_error.
+    fn stopped(&mut self) -> LinkError {
+        self.fail(
+            AlertDescription::DecodeError,
+            rustls::Error::General("malformed record: the kernel stopped reading the stream".into()),
+        )
     }
 
     fn fragmented(&mut self) -> LinkError {

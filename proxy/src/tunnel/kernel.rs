@@ -31,8 +31,14 @@ use crate::tls::link::LinkError;
 /// pages two per tunnel stay below it up to 512 tunnels. Each tunnel holds four descriptors more
 /// than on the rustls path (see LimitNOFILE in the systemd units).
 const PIPE_SIZE: usize = 64 * 1024;
-/// How often the end of our output looks whether TCP has sent everything (see `poll_close`).
-const SETTLE_EVERY: Duration = Duration::from_millis(2);
+/// Empty records in a row that end the tunnel: rustls' own limit (and BoringSSL's).
+const MAX_EMPTY_RECORDS: u32 = 32;
+/// How often the end of our output looks whether TCP has sent everything (see `poll_close`): first
+/// after this, then twice as long each time, up to [`SETTLE_MAX`].
+const SETTLE_FIRST: Duration = Duration::from_millis(1);
+const SETTLE_MAX: Duration = Duration::from_millis(100);
+/// How long the peer may acknowledge nothing before the close_notify goes out regardless.
+const SETTLE_GIVE_UP: Duration = Duration::from_secs(60);
 /// Opened records taken into the pipe before it is drained (three full ones fit in its 16 pages).
 const BATCH: usize = 48 * 1024;
 
@@ -63,6 +69,7 @@ pub(crate) async fn splice(
             spill: Vec::new(),
             failed: None,
             record_next: false,
+            empty_records: 0,
             state: State::default(),
         },
         to_tls: ToKernel { pipe: to_pipe, state: State::default(), close_sent: false, settle: None },
@@ -118,6 +125,9 @@ struct FromKernel {
     failed: Option<LinkError>,
     /// splice(2) said the next record is not application data: read it with [`KernelLink::take_record`].
     record_next: bool,
+    /// Empty application-data records in a row (legal, but a peer sending only those is refused, as
+    /// rustls refuses it).
+    empty_records: u32,
     state: State,
 }
 
@@ -191,11 +201,21 @@ impl FromKernel {
                 };
                 first = false;
                 match filled {
-                    // TCP's end at a record boundary without close_notify (a FIN in the middle of a
-                    // record is EPIPE: see KernelLink::read_failed).
-                    Ok(0) => self.state.read_done = true,
-                    Ok(_) if self.pipe.held < BATCH => continue,
-                    Ok(_) => {}
+                    // An empty record, or TCP's end at a record boundary without close_notify (a FIN
+                    // in the middle of a record is EPIPE: see KernelLink::read_failed).
+                    Ok(0) => match crate::os::ktls::peer_finished(tcp.as_fd()) {
+                        Ok(false) if self.empty_records < MAX_EMPTY_RECORDS => {
+                            self.empty_records += 1;
+                            continue;
+                        }
+                        Ok(false) => return Poll::Ready(Err(End::Tls(link.too_many_empty_records()))),
+                        Ok(true) | Err(_) => self.state.read_done = true,
+                    },
+                    Ok(_) if self.pipe.held < BATCH => {
+                        self.empty_records = 0;
+                        continue;
+                    }
+                    Ok(_) => self.empty_records = 0,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     // Not application data (an alert, a post-handshake message): read once what
                     // came before it is out (the kernel may not say EINVAL twice).
@@ -216,7 +236,7 @@ struct ToKernel {
     state: State,
     close_sent: bool,
     /// While the end of our output waits for TCP to have sent everything (see [`Self::poll_close`]).
-    settle: Option<Pin<Box<tokio::time::Sleep>>>,
+    settle: Option<Settle>,
 }
 
 impl ToKernel {
@@ -237,13 +257,11 @@ impl ToKernel {
                 if let Err(e) = ready!(link.tcp().poll_write_ready(cx)) {
                     return Poll::Ready(Err(End::Tls(LinkError::Write(e))));
                 }
-                match link.send_key_update() {
-                    Ok(()) => {}
-                    Err(LinkError::Write(e)) if e.kind() == ErrorKind::WouldBlock => {
-                        // No room after all: clear the readiness, so that the next poll waits.
-                        let _ = link.tcp().try_io(Interest::WRITABLE, || Err::<(), _>(e));
-                    }
-                    Err(e) => return Poll::Ready(Err(End::Tls(e))),
+                let tcp = link.tcp();
+                match tcp.try_io(Interest::WRITABLE, || link.send_key_update()) {
+                    Ok(()) => link.key_update_sent().map_err(End::Tls)?,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(End::Tls(LinkError::Write(e)))),
                 }
             }
             while self.pipe.held > 0 {
@@ -287,16 +305,27 @@ impl ToKernel {
     /// close_notify, then FIN: the end of the plain side's input passed on.
     ///
     /// kTLS takes a record whole even when TCP has room for only part of it, and pushes the rest
-    /// when acknowledgements make room; a FIN queued meanwhile would cut that record. So the
-    /// close_notify waits until TCP holds nothing unacknowledged (checked every [`SETTLE_EVERY`];
-    /// the stall watch ends a tunnel whose peer stopped reading), and then goes into an empty queue
-    /// whole.
+    /// later, when acknowledgements make room; a FIN queued meanwhile would cut that record. So the
+    /// close_notify waits until TCP holds nothing unacknowledged (checked with a backoff from
+    /// [`SETTLE_FIRST`] to [`SETTLE_MAX`]), then goes into an empty queue (its sendmsg pushes
+    /// whatever kTLS still holds first). The wait is not a stalled write: the peer acknowledges
+    /// what it can, and one that takes no more for [`SETTLE_GIVE_UP`] gets the close_notify anyway.
+    /// A reset or timeout met meanwhile ends it as an error.
     fn poll_close(&mut self, cx: &mut Context<'_>, link: &KernelLink) -> Poll<Result<(), End>> {
         let tcp = link.tcp();
-        while !self.close_sent && crate::os::ktls::unsent(tcp.as_fd()).is_ok_and(|n| n > 0) {
-            let timer = self.settle.get_or_insert_with(|| Box::pin(tokio::time::sleep(SETTLE_EVERY)));
-            ready!(timer.as_mut().poll(cx));
-            self.settle = None;
+        while !self.close_sent {
+            if let Ok(Some(e)) | Err(e) = tcp.take_error() {
+                return Poll::Ready(Err(End::Tls(LinkError::Write(e))));
+            }
+            let unsent = crate::os::ktls::unsent(tcp.as_fd()).unwrap_or(0);
+            let now = tokio::time::Instant::now();
+            let settle = self.settle.get_or_insert_with(|| Settle::new(unsent, now));
+            if unsent == 0 || settle.gave_up(unsent, now) {
+                break;
+            }
+            self.state.writing = false;
+            ready!(settle.poll_next(cx));
+            self.state.writing = true;
         }
         while !self.close_sent {
             if let Err(e) = ready!(tcp.poll_write_ready(cx)) {
@@ -320,4 +349,42 @@ impl ToKernel {
 
 fn plain_error(op: &'static str, error: std::io::Error) -> End {
     End::Plain { op, error }
+}
+
+/// The wait before our close_notify (see `ToKernel::poll_close`).
+struct Settle {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    every: Duration,
+    /// The least unacknowledged byte count seen, and when it last went down.
+    least: usize,
+    progress_at: tokio::time::Instant,
+}
+
+impl Settle {
+    fn new(unsent: usize, now: tokio::time::Instant) -> Self {
+        Self {
+            timer: Box::pin(tokio::time::sleep(SETTLE_FIRST)),
+            every: SETTLE_FIRST,
+            least: unsent,
+            progress_at: now,
+        }
+    }
+
+    /// Whether the peer has acknowledged nothing for [`SETTLE_GIVE_UP`].
+    fn gave_up(&mut self, unsent: usize, now: tokio::time::Instant) -> bool {
+        if unsent < self.least {
+            self.least = unsent;
+            self.progress_at = now;
+        }
+        now.duration_since(self.progress_at) >= SETTLE_GIVE_UP
+    }
+
+    /// The next look, with a longer wait after it.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        ready!(self.timer.as_mut().poll(cx));
+        self.every = (self.every * 2).min(SETTLE_MAX);
+        let next = tokio::time::Instant::now() + self.every;
+        self.timer.as_mut().reset(next);
+        Poll::Ready(())
+    }
 }
