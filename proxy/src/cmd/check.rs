@@ -57,16 +57,30 @@ pub(crate) async fn check(file: &Path, mode: Option<CheckMode>) -> Report {
     r.line("mode", word);
     match command {
         Command::Server(args) => match config::Server::resolve(&args) {
-            Ok(cfg) => check_server(&mut r, &cfg),
+            Ok(cfg) => {
+                check_server(&mut r, &cfg);
+                ktls_line(&mut r, &cfg.common);
+            }
             Err(e) => r.problems.push(e.to_string()),
         },
         Command::Client(args) => match config::Client::resolve(&args) {
-            Ok(cfg) => check_client(&mut r, &cfg).await,
+            Ok(cfg) => {
+                check_client(&mut r, &cfg).await;
+                ktls_line(&mut r, &cfg.common);
+            }
             Err(e) => r.problems.push(e.to_string()),
         },
         _ => r.problems.push("not a server or client configuration".into()),
     }
     r
+}
+
+/// Who will seal and open the records of tunnels on this host (`--ktls`, and what the kernel takes).
+fn ktls_line(r: &mut Report, c: &config::Common) {
+    match c.ktls {
+        config::Ktls::Off => r.line("ktls", "off (--ktls off): rustls' record layer"),
+        config::Ktls::Auto => r.line("ktls", crate::tls::ktls::describe()),
+    }
 }
 
 /// `backend` means a server configuration, `server` a client one.
