@@ -193,10 +193,15 @@ impl ClientMode {
         let name = ServerName::try_from(upstream.server_name.clone()).map_err(|_| {
             RefuseReason::Tls(format!("{:?} is not a valid server name", upstream.server_name))
         })?;
-        let (mut tcp, addr) =
-            net::connect_from(&upstream.endpoint, self.source_port, self.connect_timeout, self.keepalive)
-                .await
-                .map_err(RefuseReason::from)?;
+        let (mut tcp, addr) = net::connect_from(
+            &upstream.endpoint,
+            self.source_port,
+            &self.redirects,
+            self.connect_timeout,
+            self.keepalive,
+        )
+        .await
+        .map_err(RefuseReason::from)?;
         let deadline = tokio::time::Instant::now() + self.handshake_timeout;
         if self.protocol == Transport::RpcTls {
             match tokio::time::timeout_at(deadline, rpc::send_probe(&mut tcp, rpc::next_xid())).await {

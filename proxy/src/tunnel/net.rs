@@ -71,7 +71,7 @@ pub(crate) async fn connect(
     timeout: Duration,
     keepalive: Keepalive,
 ) -> Result<(TcpStream, SocketAddr), String> {
-    connect_from(endpoint, SourcePort::Any, timeout, keepalive).await.map_err(|e| e.to_string())
+    connect_from(endpoint, SourcePort::Any, &[], timeout, keepalive).await.map_err(|e| e.to_string())
 }
 
 /// Reserved source ports tried, from the top down (as bindresvport does, below the well-known
@@ -118,10 +118,14 @@ async fn connect_reserved(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Err(last)
 }
 
-/// [`connect`], choosing the source port.
+/// [`connect`], choosing the source port. An address in `never` is not dialled even when the name
+/// resolves to it: the client passes its `--redirect` addresses, whose DNAT rule would send the
+/// connection straight back to the client's own listener (a loop that the start-up check can only
+/// rule out for literal addresses, not for a host name resolved later).
 pub(crate) async fn connect_from(
     endpoint: &Endpoint,
     source: SourcePort,
+    never: &[SocketAddr],
     timeout: Duration,
     keepalive: Keepalive,
 ) -> Result<(TcpStream, SocketAddr), DialError> {
@@ -131,6 +135,13 @@ pub(crate) async fn connect_from(
             .map_err(|e| DialError::Failed(format!("{endpoint}: cannot resolve: {e}")))?;
         let mut last = DialError::Failed(format!("{endpoint}: no addresses"));
         for addr in addrs {
+            if never.contains(&addr) {
+                last = DialError::Failed(format!(
+                    "{endpoint}: resolves to {addr}, a --redirect address: not dialled (the redirect \
+                     would bring the connection back to this client)"
+                ));
+                continue;
+            }
             let attempt = match source {
                 SourcePort::Any => TcpStream::connect(addr).await,
                 SourcePort::Reserved => connect_reserved(addr).await,
@@ -150,4 +161,32 @@ pub(crate) async fn connect_from(
     tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
         Err(DialError::Failed(format!("{endpoint}: connect timed out after {timeout:?}")))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_a_redirect_address_is_not_dialled() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let endpoint = Endpoint { host: "localhost".into(), port: addr.port() };
+        let never = [addr, SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port())];
+        let Err(DialError::Failed(why)) =
+            connect_from(&endpoint, SourcePort::Any, &never, Duration::from_secs(5), Keepalive::Off).await
+        else {
+            panic!("dialled an address the redirect would send back to us");
+        };
+        assert!(why.contains("a --redirect address: not dialled"), "{why}");
+        // Nothing reached the listener: a dialled connection would be in its queue by now (connect
+        // returns once the kernel has completed the handshake), and a zero timeout still polls the
+        // accept once.
+        let accepted = tokio::time::timeout(Duration::ZERO, listener.accept()).await;
+        assert!(accepted.is_err(), "a connection arrived: {accepted:?}");
+        // The same name without the redirect connects.
+        connect_from(&endpoint, SourcePort::Any, &[], Duration::from_secs(5), Keepalive::Off)
+            .await
+            .expect("the same name without the redirect connects");
+    }
 }

@@ -62,6 +62,9 @@ pub enum RefuseReason {
     Evicted,
     /// Out of file descriptors (EMFILE/ENFILE) or kernel memory, accepting or dialling.
     ResourceExhausted(String),
+    /// The handshake completed but the kernel would not take its keys (`--ktls auto`): a fault of
+    /// this host, not of the peer; `--ktls off` avoids it.
+    KtlsRefused(String),
     /// A refusal of the certificate a client presented: `reason`, and whose certificate it was.
     Presented {
         reason: Box<RefuseReason>,
@@ -97,6 +100,7 @@ impl RefuseReason {
             Self::Presented { reason, .. } => reason.word(),
             Self::Evicted => "evicted",
             Self::ResourceExhausted(_) => "resource-exhausted",
+            Self::KtlsRefused(_) => "ktls-refused",
         }
     }
 
@@ -149,7 +153,7 @@ impl RefuseReason {
             H::Io(e) => Self::from_io(&e),
             H::Closed => Self::ClosedEarly,
             // The kernel refused keys its own probe accepted: ours, not the peer's.
-            H::Kernel(e) => Self::Tls(format!("kTLS: the kernel refused the keys: {e}")),
+            H::Kernel(e) => Self::KtlsRefused(format!("the kernel refused the keys: {e}")),
         }
     }
 
@@ -195,7 +199,8 @@ impl RefuseReason {
             | Self::RpcNotProbe(d)
             | Self::RpcMalformed(d)
             | Self::NoStartTls(d)
-            | Self::ResourceExhausted(d) => Some(d),
+            | Self::ResourceExhausted(d)
+            | Self::KtlsRefused(d) => Some(d),
             _ => None,
         }
     }

@@ -80,10 +80,15 @@ impl Mode for ServerMode {
         admission.admit()?;
         let peer_cert = Some(link.peer_certificates().to_vec()).filter(|c| !c.is_empty());
         let identity = peer_name(Some(link.peer_certificates()));
-        let (backend, upstream) =
-            net::connect_from(&self.backend, self.backend_source_port, self.connect_timeout, self.keepalive)
-                .await
-                .map_err(|e| e.refusal("backend"))?;
+        let (backend, upstream) = net::connect_from(
+            &self.backend,
+            self.backend_source_port,
+            &[],
+            self.connect_timeout,
+            self.keepalive,
+        )
+        .await
+        .map_err(|e| e.refusal("backend"))?;
         Ok(Established {
             tls: link.negotiated().to_owned(),
             link,

@@ -28,6 +28,7 @@ pub(super) const REFUSALS: &[(&str, &str)] = &[
     ("max-connections", "`--max-connections` tunnels are open; the connection is closed at once."),
     ("evicted", "Still in its handshake when the handshake budget (`--max-handshakes`) was full: dropped to make room for a newcomer (the oldest connection of the busiest source address)."),
     ("resource-exhausted", "The process or host ran out of file descriptors or socket memory while accepting or dialling; logged once when it starts and once when it ends. Raise LimitNOFILE (or kern.maxfiles) or lower `--max-connections`."),
+    ("ktls-refused", "The handshake completed, but the kernel would not take the session's keys (`--ktls auto`, after the start-up probe had found it able to). A fault of this host, not of the peer; `--ktls off` hands every tunnel to rustls' record layer instead."),
 ];
 
 pub(super) const OVERVIEW: &str = r#"
