@@ -245,6 +245,11 @@ async fn serve_until_signal<M: Mode>(
         };
         // systemd (Type=notify-reload, or a waiting ExecReload) learns that a reload runs and ends.
         let _ = crate::os::sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", crate::os::monotonic_usec()));
+        if let Some(status) = &mut watch.status {
+            if let Err(e) = status.begin() {
+                tracing::warn!(error = %e, "cannot record the reload outcome");
+            }
+        }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let outcome = match reload(&running) {
             Ok(r) => {

@@ -53,13 +53,25 @@ impl StatusFile {
         Ok(Self { pid_file: pid_file.to_owned(), status, generation: 0 })
     }
 
-    /// Records one reload's outcome: `GENERATION ok|failed MESSAGE` on one line.
-    pub(crate) fn record(&mut self, outcome: &Result<String, String>) -> std::io::Result<()> {
+    /// Marks a reload as begun: `GENERATION running`, with the next generation. A `reload` that read
+    /// the file before this line was written waits for this generation's outcome, which is then sure
+    /// to have read the files after the operator changed them; one that read it after waits for the
+    /// next (see [`outcome_after`]).
+    pub(crate) fn begin(&mut self) -> std::io::Result<()> {
         self.generation += 1;
+        self.write(&format!("{} running\n", self.generation))
+    }
+
+    /// Records the outcome of the reload [`Self::begin`] marked: `GENERATION ok|failed MESSAGE` on one line.
+    pub(crate) fn record(&mut self, outcome: &Result<String, String>) -> std::io::Result<()> {
         let line = match outcome {
             Ok(m) => format!("{} ok {}\n", self.generation, one_line(m)),
             Err(m) => format!("{} failed {}\n", self.generation, one_line(m)),
         };
+        self.write(&line)
+    }
+
+    fn write(&self, line: &str) -> std::io::Result<()> {
         // Written in place (not renamed): the directory may not be writable after the privilege drop.
         let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&self.status)?;
         f.write_all(line.as_bytes())
@@ -112,18 +124,73 @@ pub(crate) async fn run(pid_file: &Path, timeout: Duration) -> Result<String, Re
         .map_err(|e| ReloadError::Signal { pid, path: pid_file.to_owned(), detail: e.desc().to_owned() })?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some((generation, rest)) = read_status(&status)? {
-            if generation > before {
-                return match rest.split_once(' ') {
-                    Some(("ok", message)) => Ok(message.to_owned()),
-                    Some((_, message)) => Err(ReloadError::Failed(message.to_owned())),
-                    None => Err(ReloadError::Failed(rest)),
-                };
-            }
+        if let Some(outcome) = outcome_after(before, read_status(&status)?) {
+            return outcome;
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ReloadError::NoAnswer { pid, path: status, waited: timeout });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The outcome of a reload that began after the outcome file read `before`, if `now` holds one. Every
+/// reload, by SIGHUP or by `--reload-every`, writes `GENERATION running` as it begins, so one with
+/// a later generation began after `reload` looked and read the files the operator had changed; a
+/// reload already running when `reload` looked (its generation is `before`) may have read them too
+/// early and is not reported. A proxy older than the `running` line records only at the end: the
+/// next generation is taken, as before.
+fn outcome_after(before: u64, now: Option<(u64, String)>) -> Option<Result<String, ReloadError>> {
+    let (generation, rest) = now?;
+    if generation <= before || rest == "running" {
+        return None;
+    }
+    Some(match rest.split_once(' ') {
+        Some(("ok", message)) => Ok(message.to_owned()),
+        Some((_, message)) => Err(ReloadError::Failed(message.to_owned())),
+        None => Err(ReloadError::Failed(rest)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(generation: u64, rest: &str) -> Option<(u64, String)> {
+        Some((generation, rest.to_owned()))
+    }
+
+    #[test]
+    fn a_reload_that_was_already_running_when_reload_looked_is_not_reported() {
+        // Read "3 running" (a --reload-every reload under way), then SIGHUP.
+        let before = 3;
+        assert!(outcome_after(before, at(3, "running")).is_none());
+        assert!(outcome_after(before, at(3, "ok reloaded: none")).is_none(), "the earlier reload's outcome");
+        assert!(outcome_after(before, at(4, "running")).is_none());
+        match outcome_after(before, at(4, "failed reload failed: bad CRL")) {
+            Some(Err(ReloadError::Failed(m))) => assert_eq!(m, "reload failed: bad CRL"),
+            other => panic!("want the failure of generation 4, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_timer_reload_that_began_after_reload_looked_counts_as_its_answer() {
+        match outcome_after(3, at(4, "ok reloaded: CA")) {
+            Some(Ok(m)) => assert_eq!(m, "reloaded: CA"),
+            other => panic!("want generation 4's success, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn begin_and_record_write_one_whole_line_each() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let pid_file = dir.path().join("p.pid");
+        let mut status = StatusFile::create(&pid_file, None).expect("create");
+        let path = status_path(&pid_file);
+        assert_eq!(read_status(&path).expect("read"), at(0, "started"));
+        status.begin().expect("begin");
+        assert_eq!(read_status(&path).expect("read"), at(1, "running"));
+        status.record(&Err("reload failed: key\nmismatch".into())).expect("record");
+        assert_eq!(read_status(&path).expect("read"), at(1, "failed reload failed: key mismatch"));
     }
 }
