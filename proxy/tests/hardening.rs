@@ -64,6 +64,17 @@ fn dropping_privileges_with_a_vip_on_a_privileged_port_is_refused_with_the_reaso
     );
 }
 
+/// The documented ownership of the server key, `root:SERVICE-GROUP` mode 0640, with `nogroup` as the
+/// service group; the material's directory gets `dir_mode`. Returns nogroup's gid.
+fn key_for_nogroup(dir: &TestPki, dir_mode: u32) -> u32 {
+    let key = dir.path("f3s-storage-ha-key.pem");
+    let nogroup = nix::unistd::Group::from_name("nogroup").expect("lookup").expect("nogroup").gid;
+    nix::unistd::chown(&key, None, Some(nogroup)).expect("chgrp");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    std::fs::set_permissions(dir.root(), std::fs::Permissions::from_mode(dir_mode)).expect("chmod dir");
+    nogroup.as_raw()
+}
+
 #[test]
 fn a_server_runs_as_the_given_user_after_binding_and_still_tunnels() {
     if !require_root() {
@@ -73,11 +84,7 @@ fn a_server_runs_as_the_given_user_after_binding_and_still_tunnels() {
     let d = dir.root().display().to_string();
     let backend = EchoBackend::start();
     // The documented ownership: root:SERVICE-GROUP, mode 0640 (and a directory the user can enter).
-    let key = dir.path("f3s-storage-ha-key.pem");
-    let nogroup = nix::unistd::Group::from_name("nogroup").expect("lookup").expect("nogroup").gid;
-    nix::unistd::chown(&key, None, Some(nogroup)).expect("chgrp");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-    std::fs::set_permissions(dir.root(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    key_for_nogroup(&dir, 0o755);
     let mut args = server_args(&d, &["--user", "nobody", "--group", "nogroup"]);
     args[4] = backend.addr.to_string();
     let server = Proc::proxy(&strs(&args));
@@ -103,9 +110,42 @@ fn a_key_the_run_as_user_cannot_read_stops_start_up_instead_of_every_later_reloa
     // convert-stunnel turns `setuid = stunnel` into `user`: a root-owned 0600 key loads at start but
     // no reload after the privilege drop could read it again.
     let dir = TestPki::new();
+    std::fs::set_permissions(dir.root(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
     let d = dir.root().display().to_string();
     let args = server_args(&d, &["--user", "nobody"]);
     fails_with(&strs(&args), "f3s-storage-ha-key.pem: not readable by uid 65534");
+}
+
+#[test]
+fn a_key_in_a_directory_the_run_as_user_cannot_enter_stops_start_up_naming_the_directory() {
+    if !require_root() {
+        return;
+    }
+    // The key itself is right (root:nogroup 0640) but its directory is root's 0700: the user run as
+    // could never open it again at a reload.
+    let dir = TestPki::new();
+    let nogroup = key_for_nogroup(&dir, 0o700);
+    let d = dir.root().display().to_string();
+    let args = server_args(&d, &["--user", "nobody", "--group", "nogroup"]);
+    fails_with(
+        &strs(&args),
+        &format!("f3s-storage-ha-key.pem: not reachable by uid 65534 gid {nogroup}, which the proxy runs as: directory {d} (owner 0:0, mode 0700) does not let it search"),
+    );
+}
+
+#[test]
+fn a_ca_file_the_run_as_user_cannot_read_stops_start_up_too() {
+    if !require_root() {
+        return;
+    }
+    // Certificates are read again at every reload as well, after the privilege drop.
+    let dir = TestPki::new();
+    key_for_nogroup(&dir, 0o755);
+    std::fs::set_permissions(dir.path("ca-cert.pem"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod ca");
+    let d = dir.root().display().to_string();
+    let args = server_args(&d, &["--user", "nobody", "--group", "nogroup"]);
+    fails_with(&strs(&args), "ca-cert.pem: not readable by uid 65534");
 }
 
 #[test]

@@ -63,6 +63,27 @@ impl Reader {
             && nix::unistd::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
     }
 
+    /// Whether this is another user than the process that validates (`--user`): what it can read
+    /// is then not proven by our own reads and is worked out from owners and modes.
+    fn is_another_user(&self) -> bool {
+        !self.supplementary
+    }
+
+    /// Whether the kernel's owner/group/other rule gives this reader `bit` (4 read, 1 search) on a
+    /// file with `meta`. Root needs none.
+    fn may(&self, meta: &std::fs::Metadata, bit: u32) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode();
+        self.uid == 0
+            || if meta.uid() == self.uid {
+                mode & (bit << 6) != 0
+            } else if meta.gid() == self.gid || self.also_in(meta.gid()) {
+                mode & (bit << 3) != 0
+            } else {
+                mode & bit != 0
+            }
+    }
+
     /// The user the proxy will run as, or this process.
     pub(crate) fn after_drop(privileges: Option<&crate::os::Privileges>) -> Self {
         privileges.map_or_else(Self::current, |p| Self { uid: p.uid, gid: p.gid, supplementary: false })
@@ -126,6 +147,16 @@ pub(crate) fn validate(
         dates(&mut f, "certificate", &files.cert, info.not_before, info.not_after, now, CERT_WARN_WITHIN);
     }
     let key_ok = key(&mut f, files, chain.as_deref(), reader);
+    // The certificate, CA and CRL are read again at every reload, after the privilege drop: a file
+    // that only root can reach would start fine and fail the first reload.
+    if reader.is_another_user() {
+        let crl_path = crl.map(|c| c.path);
+        for path in [Some(files.cert.as_path()), Some(files.ca.as_path()), crl_path].into_iter().flatten() {
+            if let Err(problem) = readable_by(path, reader) {
+                f.problems.push(problem);
+            }
+        }
+    }
     let cas = match ca_tool::pem::load_certs(&files.ca) {
         Ok(cas) if !cas.is_empty() => cas,
         Ok(_) => {
@@ -342,25 +373,46 @@ fn readable_only_by(path: &Path, reader: Reader, insecure: bool) -> Result<(), S
             ));
         }
     }
-    // As the kernel decides: the owner's bits for the owner, else the group's for a member, else
-    // the others'.
-    let can_read = reader.uid == 0
-        || if meta.uid() == reader.uid {
-            mode & 0o400 != 0
-        } else if meta.gid() == reader.gid || reader.also_in(meta.gid()) {
-            mode & 0o040 != 0
-        } else {
-            mode & 0o004 != 0
-        };
-    if !can_read {
+    readable_by(path, reader)
+}
+
+/// Whether `reader` can open `path` for reading: search permission on every directory on the way to
+/// it (as written and after symbolic links) and read permission on the file, as the kernel decides.
+fn readable_by(path: &Path, reader: Reader) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if reader.uid == 0 {
+        return Ok(());
+    }
+    let absolute = std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_owned());
+    let resolved = std::fs::canonicalize(&absolute).ok();
+    let dirs = absolute.ancestors().skip(1).chain(resolved.iter().flat_map(|r| r.ancestors().skip(1)));
+    for dir in dirs {
+        let Ok(meta) = std::fs::metadata(dir) else { continue };
+        if !reader.may(&meta, 0o1) {
+            return Err(format!(
+                "{}: not reachable by uid {} gid {}, which the proxy runs as: directory {} (owner {}:{}, \
+                 mode {:04o}) does not let it search; `chgrp nfs-tls-proxy {3} && chmod g+x {3}` (or o+x)",
+                path.display(),
+                reader.uid,
+                reader.gid,
+                dir.display(),
+                meta.uid(),
+                meta.gid(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if !reader.may(&meta, 0o4) {
         return Err(format!(
-            "{}: not readable by uid {} gid {} (owner {}:{}, mode {mode:04o}), which the proxy runs as: \
+            "{}: not readable by uid {} gid {} (owner {}:{}, mode {:04o}), which the proxy runs as: \
              `chown root:nfs-tls-proxy {0} && chmod 640 {0}`",
             path.display(),
             reader.uid,
             reader.gid,
             meta.uid(),
-            meta.gid()
+            meta.gid(),
+            meta.mode() & 0o7777
         ));
     }
     Ok(())
