@@ -108,3 +108,41 @@ async fn upstream_connections_come_from_a_reserved_port_when_asked() {
         .unwrap_or_else(|| panic!("no peer in {line}"));
     assert!(port < 1024, "{line}");
 }
+
+#[tokio::test]
+async fn a_handshake_the_server_drops_half_way_is_tried_again_while_the_connection_is_held() {
+    // A server whose handshake budget is full drops the oldest handshake of the busiest address, and
+    // every handshake of a client proxy comes from one address. Here the first connection to the
+    // storage address is read from and closed, as an evicted one is; the next ones reach the server.
+    let (logs, _guard) = capture_logs();
+    let pki = TestPki::new();
+    let backend = EchoBackend::start();
+    let server = nfs_tls_proxy::start_server(&server_config(&pki, backend.addr)).await.expect("server");
+    let real = server.local_addrs[0];
+    let gate = tokio::net::TcpListener::bind(loopback()).await.expect("bind");
+    let storage = gate.local_addr().expect("addr");
+    let gatekeeper = tokio::spawn(async move {
+        let (mut first, _) = gate.accept().await.expect("accept");
+        let mut hello = [0u8; 512];
+        let _ = tokio::io::AsyncReadExt::read(&mut first, &mut hello).await;
+        drop(first);
+        loop {
+            let (mut next, _) = gate.accept().await.expect("accept");
+            let mut upstream = tokio::net::TcpStream::connect(real).await.expect("connect");
+            tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut next, &mut upstream).await;
+            });
+        }
+    });
+    let mut cfg = client_config(&pki, "r0", &[storage], SERVER);
+    cfg.upstream_retry_for = Duration::from_secs(15);
+    let client = nfs_tls_proxy::start_client(&cfg).await.expect("client");
+    let back = within(T, echo_through(client.local_addrs[0], b"after an eviction")).await.expect("echo");
+    assert_eq!(back, b"after an eviction");
+    assert_eq!(backend.connections(), 1);
+    let text = logs.text();
+    assert!(text.contains("server failed") && text.contains("closed-during-handshake"), "{text}");
+    assert!(text.contains("server reachable again"), "{text}");
+    assert!(!text.contains("connection refused"), "{text}");
+    gatekeeper.abort();
+}

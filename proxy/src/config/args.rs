@@ -246,9 +246,9 @@ pub struct ClientArgs {
     /// CAP_NET_BIND_SERVICE).
     #[arg(long, value_name = "any|reserved")]
     pub upstream_source_port: Option<SourcePort>,
-    /// While every server is unreachable, hold an accepted connection and retry the servers (with
-    /// backoff up to 1 s) for this long before closing it, so a hard mount waits instead of
-    /// reconnecting in a tight loop (default 10s; 0: close at once).
+    /// While every server is unreachable (or closes the handshake half-way), hold an accepted
+    /// connection and retry the servers (with backoff up to 1 s) for this long before closing it, so
+    /// a hard mount waits instead of reconnecting in a tight loop (default 10s; 0: close at once).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub upstream_retry_for: Option<Duration>,
     /// Linux: send local TCP connections to ADDR[:PORT] (port 2049 by default) to the first --listen

@@ -2,7 +2,8 @@
 //! completes a handshake whose certificate chains to our CA and carries the expected name. Nothing is
 //! read from the local connection before that, so no plaintext byte can go upstream unprotected.
 //!
-//! While every server is unreachable the local connection is held, not closed: the servers are
+//! While every server is unreachable (or closes our handshake half-way, as a server whose handshake
+//! budget is full does) the local connection is held, not closed: the servers are
 //! retried with backoff for up to `--upstream-retry-for`. A kernel NFS client whose connection is
 //! accepted and closed at once reconnects at once, in a tight loop (~900 connections a second in a
 //! 30 s storage outage, issue 20); a held connection makes it wait, and it goes through as soon as a
@@ -76,8 +77,9 @@ impl Mode for ClientMode {
         let (link, upstream) = loop {
             match self.first_server().await {
                 Ok(found) => break found,
-                // Only "nobody answers" is worth waiting for; a refused handshake will not change.
-                Err(reason @ RefuseReason::Unreachable(_)) => {
+                // Only "nobody answers" and "dropped half-way" are worth waiting for; a refused
+                // handshake will not change.
+                Err(reason) if worth_waiting_for(&reason) => {
                     let Some(left) =
                         hold_until.checked_duration_since(Instant::now()).filter(|l| !l.is_zero())
                     else {
@@ -134,6 +136,14 @@ impl Mode for ClientMode {
         }
         Err(problems.join("; "))
     }
+}
+
+/// Whether a failure of every server may pass if the connection is held: nobody answers, or a server
+/// closed our handshake before it finished (its handshake budget evicted it: all of a client proxy's
+/// handshakes come from one address, so a burst of mounts can evict its own; or it was stopping).
+/// A refusal with a reason (an alert, a certificate) would only be repeated.
+fn worth_waiting_for(reason: &RefuseReason) -> bool {
+    matches!(reason, RefuseReason::Unreachable(_) | RefuseReason::ClosedEarly)
 }
 
 /// Sleeps `pause`, unless the local client hangs up first (then the connection is not held longer).

@@ -48,7 +48,7 @@ A `--listen` address this host does not own is not an error: the server logs `st
 "#;
 
 pub(super) const CLIENT: &str = r#"
-Accepts plaintext NFS on every `--listen` address (loopback: 127.0.0.1:2323 by default; add 127.0.0.1:2049 so mounts need no port option) and carries each connection over TLS to the first `--server` that completes a handshake, presenting `--cert` and requiring a server certificate that chains to `--ca` and carries `--server-name`. Servers are tried in order, each under `--connect-timeout` and `--handshake-timeout`; while none answers, a connection is held for `--upstream-retry-for` so that a hard mount waits instead of reconnecting in a tight loop.
+Accepts plaintext NFS on every `--listen` address (loopback: 127.0.0.1:2323 by default; add 127.0.0.1:2049 so mounts need no port option) and carries each connection over TLS to the first `--server` that completes a handshake, presenting `--cert` and requiring a server certificate that chains to `--ca` and carries `--server-name`. Servers are tried in order, each under `--connect-timeout` and `--handshake-timeout`; while none answers (or each closes the handshake half-way, as a server whose handshake budget is full does), a connection is held for `--upstream-retry-for` so that a hard mount waits instead of reconnecting in a tight loop.
 
 `--upstream-protocol rpc-tls` talks RFC 9289 to an NFS server that does RPC-with-TLS itself (FreeBSD's nfsd with rpc.tlsservd): the probe first, the exact STARTTLS reply required, then TLS 1.3 with ALPN `sunrpc`.
 "#;
