@@ -359,13 +359,18 @@ refused_mtls_mount() {
     export_only "$x rw,insecure,no_subtree_check,no_root_squash"
     use_tlshd "$2"
     start_rpc_tls_server "$4"
+    local t=$(now)
     if nfs_mount "xprtsec=$1,port=$4" 127.0.0.1:$x; then
         unmount
         fail "mounted with xprtsec=$1 as $2"
     fi
+    # The kernel must have taken our alert as the refusal it is, not waited out a reset connection
+    # (then the mount only ends by the timeout above, with no word from the server).
+    grep -q 'access denied by server' "$SC_OUT/mount.log" ||
+        fail "the mount did not fail with 'access denied' after $(since "$t") s: $(tail -1 "$SC_OUT/mount.log")"
     wait_for 10 "reason $3 in the server's log" in_log server "$3"
     grep -q 'tunnel opened' "$SC_OUT/server.log" && fail "a tunnel was opened"
-    echo "detail: $(grep -m1 'connection refused' "$SC_OUT/server.log" | sed 's/.*connection refused/connection refused/')"
+    echo "detail: mount refused in $(since "$t") s; $(grep -m1 'connection refused' "$SC_OUT/server.log" | sed 's/.*connection refused/connection refused/')"
 }
 kernel_mtls_client_not_on_allow_list_is_refused() { refused_mtls_mount mtls intruder name-not-allowed 2335; }
 kernel_tls_client_without_certificate_is_refused() { refused_mtls_mount tls earth no-certificate 2345; }
