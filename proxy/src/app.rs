@@ -219,6 +219,8 @@ async fn serve_until_signal<M: Mode>(
         p.drop_to()
             .with_context(|| format!("cannot switch to user {} (uid {}, gid {})", p.user, p.uid, p.gid))?;
         tracing::info!(user = %p.user, uid = p.uid, gid = p.gid, "dropped privileges");
+        crate::tls::validate::readable_after_drop(&watch.tls, watch.crl.as_deref())
+            .map_err(anyhow::Error::msg)?;
     }
     watch.check_expiry(&running.ctx.metrics);
     running.ctx.metrics.loaded(false, true, time::OffsetDateTime::now_utc().unix_timestamp());

@@ -117,19 +117,23 @@ fn a_key_the_run_as_user_cannot_read_stops_start_up_instead_of_every_later_reloa
 }
 
 #[test]
-fn a_key_in_a_directory_the_run_as_user_cannot_enter_stops_start_up_naming_the_directory() {
+fn material_in_a_directory_the_run_as_user_cannot_enter_stops_start_up_naming_the_directory() {
     if !require_root() {
         return;
     }
-    // The key itself is right (root:nogroup 0640) but its directory is root's 0700: the user run as
-    // could never open it again at a reload.
+    // The key itself is right (root:nogroup 0640) but the directory of all the material is root's
+    // 0700: the user run as could never open any of it again at a reload.
     let dir = TestPki::new();
     let nogroup = key_for_nogroup(&dir, 0o700);
     let d = dir.root().display().to_string();
     let args = server_args(&d, &["--user", "nobody", "--group", "nogroup"]);
     fails_with(
         &strs(&args),
-        &format!("f3s-storage-ha-key.pem: not reachable by uid 65534 gid {nogroup}, which the proxy runs as: directory {d} (owner 0:0, mode 0700) does not let it search"),
+        &format!(
+            "f3s-storage-ha-cert.pem: cannot be opened by uid 65534 gid {nogroup}, which the proxy runs as, \
+             and every reload reads it again: Permission denied (os error 13); directory {d} (owner 0:0, \
+             mode 0700) does not let it search"
+        ),
     );
 }
 
@@ -145,7 +149,7 @@ fn a_ca_file_the_run_as_user_cannot_read_stops_start_up_too() {
         .expect("chmod ca");
     let d = dir.root().display().to_string();
     let args = server_args(&d, &["--user", "nobody", "--group", "nogroup"]);
-    fails_with(&strs(&args), "ca-cert.pem: not readable by uid 65534");
+    fails_with(&strs(&args), "ca-cert.pem: cannot be opened by uid 65534");
 }
 
 #[test]

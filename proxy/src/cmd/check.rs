@@ -268,7 +268,8 @@ async fn check_client(r: &mut Report, cfg: &config::Client) {
         ktls: false,
         source_port: cfg.upstream_source_port,
         retry_for: std::time::Duration::ZERO,
-        redirects: Vec::new(),
+        // A running client's DNAT would bring `check`'s own dial back to that client.
+        redirects: cfg.redirect.clone(),
         failures: Default::default(),
     };
     for s in &cfg.servers {

@@ -11,8 +11,10 @@ use std::time::Duration;
 pub(crate) struct StatusFile {
     pid_file: PathBuf,
     status: PathBuf,
-    /// Reloads recorded so far.
+    /// Reloads begun so far.
     generation: u64,
+    /// The last whole outcome line, kept first in the file while a reload runs.
+    last: String,
 }
 
 /// Why `reload` could not tell the outcome, or the reload failed.
@@ -50,25 +52,26 @@ impl StatusFile {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&status, Some(uid), Some(gid)).map_err(|e| err(&status, e))?;
         }
-        Ok(Self { pid_file: pid_file.to_owned(), status, generation: 0 })
+        Ok(Self { pid_file: pid_file.to_owned(), status, generation: 0, last: "0 started\n".into() })
     }
 
-    /// Marks a reload as begun: `GENERATION running`, with the next generation. A `reload` that read
-    /// the file before this line was written waits for this generation's outcome, which is then sure
-    /// to have read the files after the operator changed them; one that read it after waits for the
-    /// next (see [`outcome_after`]).
+    /// Marks a reload as begun: `GENERATION running`, with the next generation, on a second line
+    /// behind the last outcome (a `reload` older than this line reads only the first). A `reload`
+    /// that read the file before this was written waits for this generation's outcome, which is
+    /// then sure to have read the files after the operator changed them; one that read it after
+    /// waits for the next (see [`outcome_after`]).
     pub(crate) fn begin(&mut self) -> std::io::Result<()> {
         self.generation += 1;
-        self.write(&format!("{} running\n", self.generation))
+        self.write(&format!("{}{} running\n", self.last, self.generation))
     }
 
     /// Records the outcome of the reload [`Self::begin`] marked: `GENERATION ok|failed MESSAGE` on one line.
     pub(crate) fn record(&mut self, outcome: &Result<String, String>) -> std::io::Result<()> {
-        let line = match outcome {
+        self.last = match outcome {
             Ok(m) => format!("{} ok {}\n", self.generation, one_line(m)),
             Err(m) => format!("{} failed {}\n", self.generation, one_line(m)),
         };
-        self.write(&line)
+        self.write(&self.last)
     }
 
     fn write(&self, line: &str) -> std::io::Result<()> {
@@ -88,13 +91,15 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The generation and the rest of the outcome line, if the file holds a whole one.
+/// The generation and the rest of the file's last line (a reload's outcome, or `running`), if the
+/// file holds whole lines.
 fn read_status(path: &Path) -> Result<Option<(u64, String)>, ReloadError> {
     let text = std::fs::read_to_string(path).map_err(|e| ReloadError::File {
         path: path.to_owned(),
         detail: format!("{e} (was the proxy started with --pid-file?)"),
     })?;
-    let Some(line) = text.strip_suffix('\n') else { return Ok(None) };
+    let Some(lines) = text.strip_suffix('\n') else { return Ok(None) };
+    let line = lines.rsplit('\n').next().unwrap_or(lines);
     let (generation, rest) = line.split_once(' ').unwrap_or((line, ""));
     Ok(generation.parse().ok().map(|g| (g, rest.to_owned())))
 }
@@ -182,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn begin_and_record_write_one_whole_line_each() {
+    fn begin_and_record_write_whole_lines_that_an_older_reload_reads_too() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let pid_file = dir.path().join("p.pid");
         let mut status = StatusFile::create(&pid_file, None).expect("create");
@@ -190,7 +195,15 @@ mod tests {
         assert_eq!(read_status(&path).expect("read"), at(0, "started"));
         status.begin().expect("begin");
         assert_eq!(read_status(&path).expect("read"), at(1, "running"));
+        // What a `reload` older than the running line reads: the last outcome, still generation 0.
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "0 started\n1 running\n");
         status.record(&Err("reload failed: key\nmismatch".into())).expect("record");
         assert_eq!(read_status(&path).expect("read"), at(1, "failed reload failed: key mismatch"));
+        status.begin().expect("begin");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "1 failed reload failed: key mismatch\n2 running\n"
+        );
     }
 }

@@ -537,6 +537,13 @@ impl Client {
     }
 }
 
+/// Whether a connection to `a` is one to `b` as a DNAT rule on `b` sees it: the same port and the
+/// same address once an IPv4-mapped IPv6 address is taken as the IPv4 one it carries (it leaves as
+/// IPv4) and the scope id is ignored (nft matches the address alone).
+pub(crate) fn same_destination(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
 /// `--redirect` is Linux's (nftables); each one needs a `--listen` address of its family to point at,
 /// and must not catch the client's own connections to a `--server`.
 fn check_redirects(
@@ -564,10 +571,14 @@ fn check_redirects(
                 if r.is_ipv4() { "127.0.0.1:2323" } else { "[::1]:2323" }
             )));
         }
-        if listen.contains(r) {
+        if listen.iter().any(|l| same_destination(*l, *r)) {
             return Err(ConfigError::Args(format!("--redirect {r} is a --listen address: it would loop")));
         }
-        if let Some(s) = servers.iter().find(|s| s.host.parse().ok() == Some(r.ip()) && s.port == r.port()) {
+        if let Some(s) = servers.iter().find(|s| {
+            s.host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| same_destination(SocketAddr::new(ip, s.port), *r))
+        }) {
             return Err(ConfigError::Args(format!(
                 "--redirect {r} would also catch the client's own connections to --server {s}"
             )));
@@ -594,6 +605,23 @@ mod tests {
         for bad in ["", "f3s-storage-ha", "192.0.2.138:", "192.0.2.138:99999", "[2001:db8::1]:"] {
             assert!(parse_redirect(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_server_written_as_an_ipv4_mapped_address_is_still_caught_by_its_redirect() {
+        let redirect: SocketAddr = "192.0.2.138:2049".parse().expect("addr");
+        let listen = ["127.0.0.1:2323".parse().expect("addr")];
+        let server = Endpoint::parse("[::ffff:192.0.2.138]:2049").expect("server");
+        let Err(ConfigError::Args(why)) = check_redirects(&[redirect], &listen, &[server]) else {
+            panic!("a --server the redirect catches was accepted");
+        };
+        assert!(why.contains("would also catch the client's own connections"), "{why}");
+        assert!(same_destination(
+            "[fe80::1%2]:2049".parse().expect("addr"),
+            "[fe80::1]:2049".parse().expect("addr")
+        ));
+        assert!(!same_destination("192.0.2.138:2050".parse().expect("addr"), redirect));
     }
 
     #[test]

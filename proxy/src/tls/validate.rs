@@ -63,14 +63,8 @@ impl Reader {
             && nix::unistd::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
     }
 
-    /// Whether this is another user than the process that validates (`--user`): what it can read
-    /// is then not proven by our own reads and is worked out from owners and modes.
-    fn is_another_user(&self) -> bool {
-        !self.supplementary
-    }
-
     /// Whether the kernel's owner/group/other rule gives this reader `bit` (4 read, 1 search) on a
-    /// file with `meta`. Root needs none.
+    /// file with `meta` (ACLs aside). Root needs none.
     fn may(&self, meta: &std::fs::Metadata, bit: u32) -> bool {
         use std::os::unix::fs::MetadataExt;
         let mode = meta.mode();
@@ -147,16 +141,6 @@ pub(crate) fn validate(
         dates(&mut f, "certificate", &files.cert, info.not_before, info.not_after, now, CERT_WARN_WITHIN);
     }
     let key_ok = key(&mut f, files, chain.as_deref(), reader);
-    // The certificate, CA and CRL are read again at every reload, after the privilege drop: a file
-    // that only root can reach would start fine and fail the first reload.
-    if reader.is_another_user() {
-        let crl_path = crl.map(|c| c.path);
-        for path in [Some(files.cert.as_path()), Some(files.ca.as_path()), crl_path].into_iter().flatten() {
-            if let Err(problem) = readable_by(path, reader) {
-                f.problems.push(problem);
-            }
-        }
-    }
     let cas = match ca_tool::pem::load_certs(&files.ca) {
         Ok(cas) if !cas.is_empty() => cas,
         Ok(_) => {
@@ -373,28 +357,80 @@ fn readable_only_by(path: &Path, reader: Reader, insecure: bool) -> Result<(), S
             ));
         }
     }
-    readable_by(path, reader)
+    // As the kernel decides: the owner's bits for the owner, else the group's for a member, else
+    // the others'.
+    let can_read = reader.uid == 0
+        || if meta.uid() == reader.uid {
+            mode & 0o400 != 0
+        } else if meta.gid() == reader.gid || reader.also_in(meta.gid()) {
+            mode & 0o040 != 0
+        } else {
+            mode & 0o004 != 0
+        };
+    if !can_read {
+        return Err(format!(
+            "{}: not readable by uid {} gid {} (owner {}:{}, mode {mode:04o}), which the proxy runs as: \
+             `chown root:nfs-tls-proxy {0} && chmod 640 {0}`",
+            path.display(),
+            reader.uid,
+            reader.gid,
+            meta.uid(),
+            meta.gid()
+        ));
+    }
+    Ok(())
 }
 
-/// Whether `reader` can open `path` for reading: search permission on every directory on the way to
-/// it (as written and after symbolic links) and read permission on the file, as the kernel decides.
-fn readable_by(path: &Path, reader: Reader) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    if reader.uid == 0 {
-        return Ok(());
+/// Opens each file that a reload reads again (certificate, key, CA, CRL) as this process now is:
+/// called right after the privilege drop, so that a file the user run as cannot open stops the
+/// start instead of failing the first reload. The real open decides (ACLs included); when it is
+/// refused, the first directory on the way whose mode bars this user is named as the likely cause.
+pub(crate) fn readable_after_drop(files: &TlsFiles, crl: Option<&Path>) -> Result<(), String> {
+    let key = key_path(files);
+    let mut paths = vec![files.cert.as_path(), key.as_path(), files.ca.as_path()];
+    paths.extend(crl);
+    paths.dedup();
+    for path in paths {
+        if let Err(e) = std::fs::File::open(path) {
+            let me = Reader::current();
+            let why = blocking_directory(path, me).unwrap_or_else(|| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(path).map_or_else(
+                    |_| String::new(),
+                    |m| format!(" (owner {}:{}, mode {:04o})", m.uid(), m.gid(), m.mode() & 0o7777),
+                )
+            });
+            return Err(format!(
+                "{}: cannot be opened by uid {} gid {}, which the proxy runs as, and every reload reads it \
+                 again: {e}{why}",
+                path.display(),
+                me.uid,
+                me.gid
+            ));
+        }
     }
-    let absolute = std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_owned());
-    let resolved = std::fs::canonicalize(&absolute).ok();
-    let dirs = absolute.ancestors().skip(1).chain(resolved.iter().flat_map(|r| r.ancestors().skip(1)));
+    Ok(())
+}
+
+/// The first directory on the way to `path` (as written, from the working directory for a relative
+/// one, then after symbolic links) whose mode gives `reader` no search permission, as a sentence.
+fn blocking_directory(path: &Path, reader: Reader) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let written = path.parent().filter(|p| !p.as_os_str().is_empty());
+    // After symbolic links only for an absolute path: a relative one is searched from the working
+    // directory down, whatever lies above it.
+    let resolved = if path.is_absolute() { std::fs::canonicalize(path).ok() } else { None };
+    let dirs = written
+        .into_iter()
+        .flat_map(|p| p.ancestors())
+        .filter(|d| !d.as_os_str().is_empty())
+        .chain(resolved.iter().flat_map(|r| r.ancestors().skip(1)));
     for dir in dirs {
         let Ok(meta) = std::fs::metadata(dir) else { continue };
         if !reader.may(&meta, 0o1) {
-            return Err(format!(
-                "{}: not reachable by uid {} gid {}, which the proxy runs as: directory {} (owner {}:{}, \
-                 mode {:04o}) does not let it search; `chgrp nfs-tls-proxy {3} && chmod g+x {3}` (or o+x)",
-                path.display(),
-                reader.uid,
-                reader.gid,
+            return Some(format!(
+                "; directory {0} (owner {1}:{2}, mode {3:04o}) does not let it search: e.g. \
+                 `chgrp nfs-tls-proxy {0} && chmod g+x {0}`",
                 dir.display(),
                 meta.uid(),
                 meta.gid(),
@@ -402,20 +438,7 @@ fn readable_by(path: &Path, reader: Reader) -> Result<(), String> {
             ));
         }
     }
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    if !reader.may(&meta, 0o4) {
-        return Err(format!(
-            "{}: not readable by uid {} gid {} (owner {}:{}, mode {:04o}), which the proxy runs as: \
-             `chown root:nfs-tls-proxy {0} && chmod 640 {0}`",
-            path.display(),
-            reader.uid,
-            reader.gid,
-            meta.uid(),
-            meta.gid(),
-            meta.mode() & 0o7777
-        ));
-    }
-    Ok(())
+    None
 }
 
 /// Verifies `leaf` against `cas` the way the peer will: as a server or a client certificate.

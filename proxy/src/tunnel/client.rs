@@ -89,7 +89,7 @@ impl Mode for ClientMode {
                         tracing::debug!(%peer, "every server unreachable; holding the connection");
                     }
                     // The last retry comes at the end of the hold.
-                    wait_or_hangup(&tcp, backoff.min(left)).await?;
+                    wait_or_hangup(&tcp, jittered(backoff).min(left)).await?;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(reason) => return Err(reason),
@@ -136,6 +136,16 @@ impl Mode for ClientMode {
         }
         Err(problems.join("; "))
     }
+}
+
+/// `pause` stretched by a random 0-25%, so that connections held together (a burst of mounts when
+/// the storage comes back, or evicted together by the server's handshake budget) do not all retry in
+/// the same instant.
+fn jittered(pause: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState has fresh keys: random enough for spreading retries, and no new dependency.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    pause + pause.mul_f64((random % 1000) as f64 / 4000.0)
 }
 
 /// Whether a failure of every server may pass if the connection is held: nobody answers, or a server

@@ -135,7 +135,7 @@ pub(crate) async fn connect_from(
             .map_err(|e| DialError::Failed(format!("{endpoint}: cannot resolve: {e}")))?;
         let mut last = DialError::Failed(format!("{endpoint}: no addresses"));
         for addr in addrs {
-            if never.contains(&addr) {
+            if never.iter().any(|n| crate::config::same_destination(*n, addr)) {
                 last = DialError::Failed(format!(
                     "{endpoint}: resolves to {addr}, a --redirect address: not dialled (the redirect \
                      would bring the connection back to this client)"
@@ -172,6 +172,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let endpoint = Endpoint { host: "localhost".into(), port: addr.port() };
+        // As written in --redirect: 127.0.0.1 and ::1 with the port. "localhost" resolves to both.
         let never = [addr, SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port())];
         let Err(DialError::Failed(why)) =
             connect_from(&endpoint, SourcePort::Any, &never, Duration::from_secs(5), Keepalive::Off).await
@@ -184,6 +185,14 @@ mod tests {
         // accept once.
         let accepted = tokio::time::timeout(Duration::ZERO, listener.accept()).await;
         assert!(accepted.is_err(), "a connection arrived: {accepted:?}");
+        // An IPv4-mapped form of the redirect's address, as a name may resolve to, is the same one.
+        let mapped = Endpoint { host: "::ffff:127.0.0.1".into(), port: addr.port() };
+        let Err(DialError::Failed(why)) =
+            connect_from(&mapped, SourcePort::Any, &never, Duration::from_secs(5), Keepalive::Off).await
+        else {
+            panic!("dialled the IPv4-mapped form of a redirect address");
+        };
+        assert!(why.contains("a --redirect address: not dialled"), "{why}");
         // The same name without the redirect connects.
         connect_from(&endpoint, SourcePort::Any, &[], Duration::from_secs(5), Keepalive::Off)
             .await
