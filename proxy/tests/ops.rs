@@ -32,6 +32,17 @@ fn metrics_addr(proc: &Proc) -> SocketAddr {
         .expect("addr")
 }
 
+/// Our server in front of a fresh nfs-ganesha (with an `export` directory in `dir`), and `extra`
+/// flags; returns both processes.
+fn server_in_front_of_ganesha(dir: &TestPki, extra: &[&str]) -> (Proc, Proc) {
+    let d = dir.root().display().to_string();
+    std::fs::create_dir(dir.root().join("export")).expect("mkdir");
+    let (ganesha, nfs) = ganesha(dir.root());
+    let mut args = server_args(&d, extra);
+    args[4] = nfs.to_string();
+    (Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>()), ganesha)
+}
+
 /// The value of the sample whose line starts with `prefix` (name and labels), if present.
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
@@ -145,10 +156,47 @@ fn healthz_means_nfs_answers_not_just_that_the_port_is_open() {
     let (code, body) = get(metrics_addr(&in_front_of_echo), "/healthz");
     assert_eq!(code, 503, "{body}");
     assert!(body.starts_with("failing: backend") && body.contains("NFS NULL call failed"), "{body}");
-    // Nor is a stopped NFS server.
+    // Nor is a stopped NFS server, once the answer of the last probe (reused for 2 s) is stale.
     ganesha.kill();
-    let (code, body) = get(metrics_addr(&in_front_of_nfs), "/healthz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mut code, mut body) = get(metrics_addr(&in_front_of_nfs), "/healthz");
+    while code == 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200)); // polling /healthz with a deadline
+        (code, body) = get(metrics_addr(&in_front_of_nfs), "/healthz");
+    }
     assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("failing: backend"), "{body}");
+}
+
+#[test]
+fn healthz_requests_at_once_share_one_probe_of_the_far_side() {
+    if !require("ganesha.nfsd") {
+        return;
+    }
+    // A client's probe is a whole tunnel on the storage server (handshake, NFS NULL call): eight
+    // monitors asking at once must not make eight.
+    let dir = TestPki::new();
+    let (server, _ganesha) = server_in_front_of_ganesha(&dir, &[]);
+    let up = server.listen_addr().to_string();
+    let client = our_client_with(dir.root(), &up, &["--metrics", "127.0.0.1:0"]);
+    let ops = metrics_addr(&client);
+    let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let askers: Vec<_> = (0..8)
+        .map(|_| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                get(ops, "/healthz")
+            })
+        })
+        .collect();
+    for asker in askers {
+        let (code, body) = asker.join().expect("thread");
+        assert_eq!(code, 200, "{body}");
+    }
+    server.wait_line(&["tunnel closed"]);
+    let opened = server.log().matches("tunnel opened").count();
+    assert_eq!(opened, 1, "{}", server.log());
 }
 
 #[test]
@@ -157,13 +205,8 @@ fn a_clients_healthz_is_an_nfs_null_call_through_the_first_server_that_lets_it_i
         return;
     }
     let dir = TestPki::new();
-    let d = dir.root().display().to_string();
-    std::fs::create_dir(dir.root().join("export")).expect("mkdir");
-    let (_ganesha, nfs) = ganesha(dir.root());
-    let crl = format!("{d}/crl.pem");
-    let mut args = server_args(&d, &["--crl", &crl]);
-    args[4] = nfs.to_string();
-    let server = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let crl = p(dir.root(), "crl.pem");
+    let (server, _ganesha) = server_in_front_of_ganesha(&dir, &["--crl", &crl]);
     let dead = format!("127.0.0.1:{}", free_port());
     let ca = p(dir.root(), "ca-cert.pem");
     let up = server.listen_addr().to_string();

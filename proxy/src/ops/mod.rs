@@ -2,7 +2,9 @@
 //!
 //! - `GET /metrics`: Prometheus text (see [`crate::metrics`] for the names)
 //! - `GET /healthz`: server mode: an NFS NULL call to the backend answered; client mode: a TLS
-//!   handshake with the first server that completes one. 200 or 503 with a one-line reason.
+//!   handshake with the first server that completes one. 200 or 503 with a one-line reason. The
+//!   far side is asked at most once per [`HEALTH_FRESH`]: requests in between, and requests that
+//!   arrive while it is being asked, share that answer (a client's probe is a tunnel on the server).
 //! - `GET /tunnels`: the open tunnels as JSON
 //!
 //! A deliberately small HTTP/1.1 server: GET only, one request per connection, bounded head size and
@@ -27,6 +29,32 @@ const MAX_HEAD: usize = 8192;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most requests handled at once; more connections are closed unanswered.
 const MAX_REQUESTS: usize = 32;
+/// How long the far side's answer to `/healthz` is reused.
+const HEALTH_FRESH: Duration = Duration::from_secs(2);
+
+/// The last answer of the far side to a health probe, and when it was asked. Locked across a probe,
+/// so requests that arrive meanwhile wait for it instead of starting their own.
+#[derive(Debug, Default)]
+struct Health {
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<String, String>)>>,
+}
+
+impl Health {
+    async fn far_side<M: Mode>(&self, ctx: &Ctx<M>) -> Result<String, String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = last.as_ref() {
+            if at.elapsed() < HEALTH_FRESH {
+                return answer.clone();
+            }
+        }
+        let answer = match tokio::time::timeout(HEALTH_TIMEOUT, ctx.mode.health()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+        };
+        *last = Some((tokio::time::Instant::now(), answer.clone()));
+        answer
+    }
+}
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +79,7 @@ pub(crate) async fn start<M: Mode>(
     let local = listener.local_addr().map_err(|error| OpsError { addr, error })?;
     tracing::info!(metrics = %local, "serving /metrics, /healthz and /tunnels");
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS));
+    let health = Arc::new(Health::default());
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -63,9 +92,9 @@ pub(crate) async fn start<M: Mode>(
                 continue;
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
-            let ctx = ctx.clone();
+            let (ctx, health) = (ctx.clone(), health.clone());
             tokio::spawn(async move {
-                handle(tcp, ctx).await;
+                handle(tcp, ctx, &health).await;
                 drop(permit);
             });
         }
@@ -73,13 +102,13 @@ pub(crate) async fn start<M: Mode>(
     Ok(local)
 }
 
-async fn handle<M: Mode>(mut tcp: TcpStream, ctx: Arc<Ctx<M>>) {
+async fn handle<M: Mode>(mut tcp: TcpStream, ctx: Arc<Ctx<M>>, health: &Health) {
     let Ok(Some(request)) =
         tokio::time::timeout(READ_TIMEOUT, read_request(&mut tcp)).await.unwrap_or(Ok(None))
     else {
         return;
     };
-    let (status, content_type, body) = route(&request, &ctx).await;
+    let (status, content_type, body) = route(&request, &ctx, health).await;
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -122,7 +151,11 @@ async fn read_request(tcp: &mut TcpStream) -> std::io::Result<Option<Request>> {
     }
 }
 
-async fn route<M: Mode>(request: &Request, ctx: &Ctx<M>) -> (&'static str, &'static str, String) {
+async fn route<M: Mode>(
+    request: &Request,
+    ctx: &Ctx<M>,
+    health: &Health,
+) -> (&'static str, &'static str, String) {
     match request.path.as_str() {
         "/metrics" => {
             for t in ctx.tunnels.snapshot() {
@@ -138,7 +171,7 @@ async fn route<M: Mode>(request: &Request, ctx: &Ctx<M>) -> (&'static str, &'sta
                 ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
             }
         }
-        "/healthz" => healthz(ctx).await,
+        "/healthz" => healthz(ctx, health).await,
         "/tunnels" => ("200 OK", "application/json", tunnels_json(ctx)),
         _ => (
             "404 Not Found",
@@ -151,7 +184,7 @@ async fn route<M: Mode>(request: &Request, ctx: &Ctx<M>) -> (&'static str, &'sta
 /// `serving: ...` (200), `standby: ...` (200: this node does not hold the VIP; the far side is
 /// still checked, so a standby that could not take over is 503), or `failing: ...` (503: owns the
 /// VIP but cannot bind it, or the far side does not answer). The first word is the state.
-async fn healthz<M: Mode>(ctx: &Ctx<M>) -> (&'static str, &'static str, String) {
+async fn healthz<M: Mode>(ctx: &Ctx<M>, health: &Health) -> (&'static str, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     let states = ctx.listen_states();
     if let Some((addr, ListenState::Failing(why))) =
@@ -165,11 +198,7 @@ async fn healthz<M: Mode>(ctx: &Ctx<M>) -> (&'static str, &'static str, String) 
     }
     let standby: Vec<String> =
         states.iter().filter(|(_, s)| *s == ListenState::Standby).map(|(a, _)| a.to_string()).collect();
-    let far = match tokio::time::timeout(HEALTH_TIMEOUT, ctx.mode.health()).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
-    };
-    match far {
+    match health.far_side(ctx).await {
         Err(why) => ("503 Service Unavailable", TEXT, format!("failing: {why}\n")),
         Ok(ok) if !standby.is_empty() && states.iter().all(|(_, s)| *s == ListenState::Standby) => {
             ("200 OK", TEXT, format!("standby: this host does not own {}; {ok}\n", standby.join(", ")))

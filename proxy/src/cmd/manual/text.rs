@@ -140,7 +140,7 @@ Every refused connection is logged once, as `connection refused` with `peer`, `r
 "#;
 
 pub(super) const METRICS_INTRO: &str = r#"
-With `--metrics ADDR` (or a bare port, for 127.0.0.1:PORT) the proxy serves plain HTTP: `/metrics` (Prometheus text format), `/healthz` (server: an NFS NULL call to the backend is answered; client: a handshake with the first server that completes one; 200, or 503 with a one-line reason) and `/tunnels` (the open tunnels as JSON). The metrics:
+With `--metrics ADDR` (or a bare port, for 127.0.0.1:PORT) the proxy serves plain HTTP: `/metrics` (Prometheus text format), `/healthz` (server: an NFS NULL call to the backend is answered; client: an NFS NULL call through a tunnel to the first server that lets it in; 200, or 503 with a one-line reason; the far side is asked at most once every 2 s and requests meanwhile share its answer) and `/tunnels` (the open tunnels as JSON). The metrics:
 "#;
 
 pub(super) const EXAMPLES_SERVER: &str = r#"
