@@ -13,6 +13,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 suite=trixie
 
+# KERNEL_VM_KERNEL: `stable` (default: trixie's own, 6.12) or `backports` (trixie-backports', newer:
+# kTLS there can change keys, which 6.12 cannot). Each has its own image.
+kernel=${KERNEL_VM_KERNEL:-stable}
+case $kernel in
+stable | backports) ;;
+*) echo "build-image: KERNEL_VM_KERNEL=$kernel: want stable or backports" >&2; exit 2 ;;
+esac
+
 # Everything the guest needs. Changing this list (or anything else in this file) changes the key.
 packages=(
     linux-image-amd64 initramfs-tools kmod
@@ -22,7 +30,8 @@ packages=(
 
 log() { echo "build-image: $*" >&2; }
 
-key=$(sha256sum "$0" | cut -c1-16)
+script_key=$(sha256sum "$0" | cut -c1-16)
+key=$script_key-$kernel
 cache="$repo/target/kernel-vm/$key"
 if [[ -f "$cache/done" ]]; then
     log "cached image $cache"
@@ -66,6 +75,22 @@ if ! debootstrap --variant=minbase --include="$include" "$suite" "$root" "$mirro
     exit 1
 fi
 log "debootstrap done in $((SECONDS - started)) s"
+
+if [[ $kernel == backports ]]; then
+    log "kernel from $suite-backports"
+    echo "deb $mirror $suite-backports main" >"$root/etc/apt/sources.list.d/backports.list"
+    mount -t proc proc "$root/proc"
+    if ! chroot "$root" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            -t $suite-backports linux-image-amd64 && DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq \
+            linux-image-\$(ls /lib/modules | sort -V | head -1)" >"$work/backports.log" 2>&1; then
+        umount "$root/proc"
+        tail -30 "$work/backports.log" >&2
+        log "the backports kernel could not be installed"
+        exit 1
+    fi
+    umount "$root/proc"
+    rm -f "$root/etc/apt/sources.list.d/backports.list"
+fi
 
 # A small initrd (it is unpacked under software emulation at every boot): only what finds /dev/vda.
 cat >"$root/etc/initramfs-tools/conf.d/kernel-vm.conf" <<'EOF'
@@ -120,6 +145,6 @@ date -u +%FT%TZ >"$work/out/done"
 rm -rf "$cache"
 mv "$work/out" "$cache"
 # Older images are keyed by an older script: drop them.
-find "$repo/target/kernel-vm" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name 'build.*' ! -name 'run.*' -exec rm -rf {} +
+find "$repo/target/kernel-vm" -mindepth 1 -maxdepth 1 -type d ! -name "$script_key-*" ! -name 'build.*' ! -name 'run.*' -exec rm -rf {} +
 log "image built in $((SECONDS - started)) s: $cache (kernel $(cat "$cache/kernel-version"))"
 echo "$cache"

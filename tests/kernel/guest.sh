@@ -472,7 +472,8 @@ need_key_update_flag() {
         fail "unknown flag --key-update-every: this build cannot lower the key limit ($("$PROXY" "$1" --key-update-every 1024 2>&1 | head -1))"
 }
 
-tls_stat() { awk -v k="$1" '$1 == k { print $2 }' /proc/net/tls_stat; }
+# tls_stat NAME: a counter of the kernel's kTLS (0 when this kernel has no such counter).
+tls_stat() { awk -v k="$1" '$1 == k { v = $2 } END { print v + 0 }' /proc/net/tls_stat; }
 
 # copy_across_key_limit EXPORT PROXY: 64 MiB in, out (page cache and O_DIRECT) and copied within the
 # mount, mounted on $MNT through PROXY. Any failure carries the kernel's own error counts.
@@ -601,12 +602,19 @@ ktls_meets_a_peers_key_update() {
             ktls_proxy=c-$side
         fi
         step "key update towards the $side (kTLS)"
+        # Kernels that can change keys (6.14 and later) count it; 6.12 has no such counters.
+        local rx0 tx0
+        rx0=$(tls_stat TlsRxRekeyOk)
+        tx0=$(tls_stat TlsTxRekeyOk)
         out=$(timeout 120 python3 "$T/echo.py" send "$port" $((8 << 20)) 2>&1)
         wait_for 10 "$ktls_proxy's tunnel to close" in_log "$ktls_proxy" 'tunnel closed'
         in_log "$ktls_proxy" 'tunnel opened.*path="ktls"' || fail "$ktls_proxy did not use kTLS"
         if [[ $out == ok* ]]; then
             in_log "$ktls_proxy" 'tunnel closed.*end=closed' || fail "the echo completed but $ktls_proxy's tunnel did not end cleanly"
-            outcomes+=("$side: rekeyed, 8 MiB echoed")
+            local rx=$(($(tls_stat TlsRxRekeyOk) - rx0)) tx=$(($(tls_stat TlsTxRekeyOk) - tx0))
+            # The peer rekeys every 64 records and asks for ours: the kernel must have done both.
+            ((rx > 0 && tx > 0)) || fail "$side: the echo completed but the kernel counted rekeys RX +$rx TX +$tx"
+            outcomes+=("$side: rekeyed (kernel rekeys RX +$rx TX +$tx), 8 MiB echoed")
         else
             in_log "$ktls_proxy" 'cannot follow' ||
                 fail "$side: the echo failed ($out) without the kernel-cannot-rekey reason: $(grep 'tunnel closed' "$SC_OUT/$ktls_proxy.log")"
