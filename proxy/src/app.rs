@@ -209,8 +209,9 @@ async fn serve_until_signal<M: Mode>(
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    // The pid file only once SIGHUP is ours (a `reload` that reads it may signal at once), and
-    // before the privilege drop (its outcome file is handed to the user run as).
+    // The pid file is opened once SIGHUP is ours (a `reload` that reads it may signal at once), and
+    // before the privilege drop (its outcome file is handed to the user run as); it is written when
+    // the proxy is ready (see StatusFile::publish).
     if let Some(path) = &watch.pid_file {
         let owner = watch.privileges.as_ref().map(|p| (p.uid, p.gid));
         watch.status = Some(StatusFile::create(path, owner)?);
@@ -224,12 +225,16 @@ async fn serve_until_signal<M: Mode>(
     }
     watch.check_expiry(&running.ctx.metrics);
     running.ctx.metrics.loaded(false, true, time::OffsetDateTime::now_utc().unix_timestamp());
+    // Last, once everything above went well: a predecessor (--handover-socket) may stop now.
+    running.handover_ready().await?;
+    // Only now: until a predecessor confirmed, the pid file and FILE.reload still name it.
+    if let Some(status) = &watch.status {
+        status.publish().context("cannot write the pid file")?;
+    }
     tracing::info!(pid = std::process::id(), "ready: SIGHUP reloads, SIGTERM drains and stops");
     if let Err(e) = crate::os::sd_notify("READY=1") {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
-    // Last, once everything above went well: a predecessor (--handover-socket) may stop now.
-    running.handover_ready().await;
     let handed_over = running.handed_over();
     let mut reload_tick = every(watch.reload_every);
     let mut expiry_tick = every(Some(crate::ops::expiry::CHECK_EVERY));

@@ -259,6 +259,37 @@ fn a_new_proxy_that_fails_after_taking_the_sockets_leaves_the_old_one_serving() 
 }
 
 #[test]
+fn a_new_proxy_that_fails_after_creating_its_pid_file_leaves_it_naming_the_old_one() {
+    if !require_root() {
+        return;
+    }
+    // The new one runs as nobody, who cannot open the material (its directory is root's 0700): it
+    // takes the sockets, opens --pid-file and FILE.reload, drops privileges and fails. `service
+    // restart` waits for FILE.reload's line, `reload` reads the pid file: both must still see the
+    // running proxy, which goes on serving.
+    let dir = TestPki::new();
+    let pid_file = p(dir.root(), "server.pid");
+    let e = echo_setup(&dir, &["--pid-file", &pid_file]);
+    let old_pid = format!("{}\n", e.server.pid());
+    e.server.wait_line(&["ready: SIGHUP reloads"]);
+    assert_eq!(std::fs::read_to_string(&pid_file).expect("pid file"), old_pid);
+    // The key as documented (root:SERVICE-GROUP 0640), so that only the directory stops nobody.
+    let key = dir.path("f3s-storage-ha-key.pem");
+    let nogroup = nix::unistd::Group::from_name("nogroup").expect("lookup").expect("nogroup").gid;
+    nix::unistd::chown(&key, None, Some(nogroup)).expect("chgrp");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o640)).expect("chmod");
+    let mut args = e.server_args.clone();
+    args.extend(["--user", "nobody", "--group", "nogroup"].map(String::from));
+    let mut failed = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ne!(failed.wait_exit(), Some(0), "{}", failed.log());
+    assert!(failed.log().contains("cannot be opened by uid"), "{}", failed.log());
+    assert_eq!(std::fs::read_to_string(&pid_file).expect("pid file"), old_pid);
+    assert_eq!(std::fs::read_to_string(format!("{pid_file}.reload")).expect("outcome"), "0 started\n");
+    e.server.wait_line(&["hand-over abandoned; still serving"]);
+    assert_eq!(echo_through_blocking(e.client_addr, b"still served"), b"still served");
+}
+
+#[test]
 fn a_stale_handover_socket_left_by_a_killed_proxy_is_replaced() {
     let dir = TestPki::new();
     let mut e = echo_setup(&dir, &[]);

@@ -10,6 +10,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub(crate) struct StatusFile {
     pid_file: PathBuf,
+    /// The pid file, opened before the privilege drop (its directory may be root's).
+    pid: std::fs::File,
     status: PathBuf,
     /// Reloads begun so far.
     generation: u64,
@@ -37,22 +39,41 @@ fn status_path(pid_file: &Path) -> PathBuf {
 }
 
 impl StatusFile {
-    /// Writes our pid to `pid_file` and an empty outcome next to it, both handed to `owner` (the user
-    /// the proxy will run as), so that reloads after the privilege drop can still record.
+    /// Opens (creating them when missing) the pid file and the outcome file next to it, the latter
+    /// handed to `owner` (the user the proxy will run as), so that reloads after the privilege drop
+    /// can still record. Nothing is written until [`Self::publish`]: while a hand-over is under way
+    /// both still name the running proxy, and a start that fails leaves them so.
     pub(crate) fn create(pid_file: &Path, owner: Option<(u32, u32)>) -> Result<Self, ReloadError> {
         let err = |path: &Path, e: std::io::Error| ReloadError::File {
             path: path.to_owned(),
             detail: e.to_string(),
         };
+        let open = |path: &Path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| err(path, e))
+        };
         let status = status_path(pid_file);
-        std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|e| err(pid_file, e))?;
-        std::fs::write(&status, "0 started\n").map_err(|e| err(&status, e))?;
+        let pid = open(pid_file)?;
+        open(&status)?;
         // Only the outcome file goes to the user run as; the pid file stays root's, so that user
-        // cannot point a root `reload` at another process.
+        // cannot point a root `reload` at another process (we keep it open to write it later).
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&status, Some(uid), Some(gid)).map_err(|e| err(&status, e))?;
         }
-        Ok(Self { pid_file: pid_file.to_owned(), status, generation: 0, last: "0 started\n".into() })
+        Ok(Self { pid_file: pid_file.to_owned(), pid, status, generation: 0, last: "0 started\n".into() })
+    }
+
+    /// Ready (a predecessor has confirmed the hand-over, or there was none): our pid into the pid
+    /// file and `0 started` into the outcome file, which is what `service restart` waits for.
+    pub(crate) fn publish(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.pid.set_len(0)?;
+        self.pid.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)?;
+        self.write(&self.last)
     }
 
     /// Marks a reload as begun: `GENERATION running`, with the next generation, on a second line
@@ -192,6 +213,11 @@ mod tests {
         let pid_file = dir.path().join("p.pid");
         let mut status = StatusFile::create(&pid_file, None).expect("create");
         let path = status_path(&pid_file);
+        // Nothing before publish: a hand-over in progress leaves the running proxy's files alone.
+        assert_eq!(read_status(&path).expect("read"), None);
+        assert_eq!(std::fs::read_to_string(&pid_file).expect("pid"), "");
+        status.publish().expect("publish");
+        assert_eq!(std::fs::read_to_string(&pid_file).expect("pid"), format!("{}\n", std::process::id()));
         assert_eq!(read_status(&path).expect("read"), at(0, "started"));
         status.begin().expect("begin");
         assert_eq!(read_status(&path).expect("read"), at(1, "running"));

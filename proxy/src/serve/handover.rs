@@ -44,6 +44,16 @@ const MAX_SOCKETS: usize = 64;
 /// Longest description of the sockets.
 const MAX_OFFER: usize = 64 << 10;
 
+/// Whether process `pid` still exists (signal 0: nothing is sent).
+fn process_runs(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    pid > 1
+        && !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+}
+
 /// What a handed-over socket is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -238,30 +248,54 @@ impl Handover {
     }
 
     /// Ready: tells the predecessor to stop (bounded; it going away first is fine), then offers our
-    /// sockets to a successor until `stop`.
-    pub(crate) async fn ready(self: &Arc<Self>, stop: CancellationToken) {
+    /// sockets to a successor until `stop`. Fails when the predecessor did not confirm and still
+    /// runs: it gave up on us (we were not ready within its [`READY_TIMEOUT`]) and serves on, and two
+    /// proxies with two configurations must not both go on.
+    pub(crate) async fn ready(self: &Arc<Self>, stop: CancellationToken) -> Result<(), HandoverError> {
         let predecessor = self.predecessor.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(Predecessor { pid, conn }) = predecessor {
-            match tokio::time::timeout(BYE_TIMEOUT, say_ready(conn)).await {
-                Ok(Ok(())) => {
+            let why = match tokio::time::timeout(BYE_TIMEOUT, say_ready(conn)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {BYE_TIMEOUT:?}")),
+            };
+            match why {
+                None => {
                     tracing::info!(from_pid = pid, "took over: the previous proxy stops accepting and drains")
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(from_pid = pid, error = %e, "the previous proxy did not confirm the hand-over (stopped meanwhile?); serving anyway")
+                Some(why) if process_runs(pid) => {
+                    return Err(HandoverError {
+                        path: self.path.clone(),
+                        detail: format!(
+                            "the running proxy (pid {pid}) did not take our ready ({why}) and goes on serving: \
+                             it gave up waiting for us; not starting a second one"
+                        ),
+                    });
                 }
-                Err(_) => tracing::warn!(
+                Some(why) => tracing::warn!(
                     from_pid = pid,
-                    "the previous proxy did not confirm the hand-over in time; serving anyway"
+                    error = %why,
+                    "the previous proxy did not confirm the hand-over and has exited meanwhile; serving"
                 ),
             }
         }
-        let Some(control) = self.control.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(control) = self.control.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
         let this = self.clone();
         tokio::spawn(async move {
             if let Err(e) = this.offer_until(control, stop).await {
                 tracing::warn!(error = %e, handover_socket = %this.path.display(), "hand-over socket failed: a restart will stop and start");
             }
         });
+        Ok(())
+    }
+
+    /// Whether another process shares our listening sockets: a predecessor we have not yet told
+    /// that we are ready (if we fail now it goes on), or a successor that took over.
+    pub(crate) fn shared(&self) -> bool {
+        self.handed_over.is_cancelled()
+            || self.predecessor.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// At exit: removes the control socket's file, unless a successor has it.
@@ -276,9 +310,18 @@ impl Handover {
         control.set_nonblocking(true)?;
         let control = tokio::net::UnixListener::from_std(control)?;
         loop {
-            let (conn, _) = tokio::select! {
-                a = control.accept() => a?,
+            let conn = tokio::select! {
+                a = control.accept() => a,
                 _ = stop.cancelled() => return Ok(()),
+            };
+            // Out of descriptors, an aborted connection: the control socket is still good.
+            let (conn, _) = match conn {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "hand-over socket: accept failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             // Bounded as a whole: a successor that stops reading cannot hold the hand-over.
             let offered = tokio::time::timeout(READY_TIMEOUT, self.offer(&control, conn));

@@ -257,10 +257,19 @@ impl<M: Mode> Running<M> {
 
     /// Once the proxy is ready: a predecessor we took sockets from is told to stop, and from now on
     /// a successor may take ours. Nothing without `--handover-socket`.
-    pub async fn handover_ready(&self) {
+    pub async fn handover_ready(&self) -> Result<(), ListenError> {
         if let Some(h) = &self.handover {
-            h.ready(self.stop_accepting.clone()).await;
+            h.ready(self.stop_accepting.clone()).await?;
         }
+        Ok(())
+    }
+
+    /// Whether another proxy shares our listening sockets right now (see
+    /// [`handover::Handover::shared`]): then what belongs to the listen address as a whole (the
+    /// client's redirect table) is not ours to remove when we stop.
+    pub(crate) fn sockets_shared(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let handover = self.handover.clone();
+        move || handover.as_ref().is_some_and(|h| h.shared())
     }
 
     /// Puts a copy of a listening socket that is not a tunnel listener (the ops endpoint) on the

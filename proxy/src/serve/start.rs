@@ -122,6 +122,7 @@ pub(crate) async fn start_client_taking_over(
             running.ctx.clone(),
             cfg.redirect_check_every,
             running.stop_token(),
+            running.sockets_shared(),
         ));
     }
     Ok(running)
@@ -185,12 +186,14 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Checks the redirect rules every `every` and puts them back when something (a firewall reload,
-/// `nft flush ruleset`) removed them; removes them when the client stops accepting.
+/// `nft flush ruleset`) removed them; removes them when the client stops accepting, unless another
+/// proxy shares the listening sockets (`shared`: a hand-over), whose table it is too (same name).
 async fn keep_redirect(
     table: redirect::Table,
     ctx: std::sync::Arc<crate::tunnel::Ctx<ClientMode>>,
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
+    shared: impl Fn() -> bool + Send + 'static,
 ) {
     let installed = std::sync::Arc::new(Installed { table, live: std::sync::Mutex::new(true) });
     let guard = RemoveOnDrop(installed.clone());
@@ -225,7 +228,12 @@ async fn keep_redirect(
         }
     }
     in_place(false);
-    drop(guard);
+    if shared() {
+        tracing::info!(table = %installed.table.name, "redirect left in place for the proxy that shares our sockets");
+        std::mem::forget(guard);
+    } else {
+        drop(guard);
+    }
 }
 
 /// Starts the ops endpoint on `addr` (on the socket the running proxy handed over, if any); then

@@ -132,6 +132,9 @@ server | client)
 		python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$socket"
 		echo "proxy $$ bound" >>"$LOG"
 	fi
+	# As the proxy does: FILE.reload is created empty before the privilege drop, written once ready.
+	[ -n "$pidfile" ] && : >"$pidfile.reload"
+	[ -e "$ROOT/fails-after-files" ] && { echo "proxy $$ failed after creating its files" >>"$LOG"; exit 1; }
 	if [ -n "$pidfile" ]; then
 		echo $$ >"$pidfile"
 		echo "0 started" >"$pidfile.reload"
@@ -199,7 +202,7 @@ reset()
 		n=$((n + 1))
 	done
 	rm -f "$ROOT"/var/run/*.pid "$ROOT"/var/run/*.old "$ROOT"/var/run/*.reload "$ROOT"/var/run/*.handover \
-		"$ROOT/check-fails" "$ROOT/old-binary" "$ROOT/start-fails"
+		"$ROOT/check-fails" "$ROOT/old-binary" "$ROOT/start-fails" "$ROOT/fails-after-files"
 	: >"$LOG"
 }
 
@@ -371,6 +374,22 @@ if [ $rc -ne 0 ] && echo "$out" | grep -q 'did not take over' && alive "$old" &&
 	! grep -q "proxy $old_child SIGTERM" "$LOG" && [ "$(pid_of nfs_tls_proxy)" = "$old" ] &&
 	[ "$(cat "$RUN/nfs_tls_proxy.child.pid" 2>/dev/null)" = "$old_child" ] &&
 	[ "$(service nfs_tls_proxy status)" = "nfs_tls_proxy is running as pid $old." ] &&
+	[ -z "$(ls "$RUN"/*.old 2>/dev/null)" ]; then
+	pass "$case_"
+else
+	fail "$case_" "exit $rc, output: $out" "log: $(cat "$LOG")" "run: $(ls "$RUN")"
+fi
+
+case_="service restart (hand-over) when the new proxy fails after creating FILE.reload: the old one goes on"
+touch "$ROOT/fails-after-files"
+: >"$LOG"
+out=$(service nfs_tls_proxy restart)
+rc=$?
+rm -f "$ROOT/fails-after-files"
+if [ $rc -ne 0 ] && echo "$out" | grep -q 'did not take over' && alive "$old" && alive "$old_child" &&
+	grep -q "failed after creating its files" "$LOG" && ! grep -q "proxy $old_child SIGTERM" "$LOG" &&
+	[ "$(pid_of nfs_tls_proxy)" = "$old" ] &&
+	[ "$(cat "$RUN/nfs_tls_proxy.child.pid" 2>/dev/null)" = "$old_child" ] &&
 	[ -z "$(ls "$RUN"/*.old 2>/dev/null)" ]; then
 	pass "$case_"
 else
