@@ -5,11 +5,12 @@
 //!    socket of the running proxy: the tunnel listeners and the `--metrics` one, each with the
 //!    address it is bound to, and the control socket itself.
 //! 2. It adopts a socket wherever its `--listen`/`--metrics` names the same address (as it adopts
-//!    systemd's, in [`super::listen::bind`]), binds the rest, and starts accepting. Both processes
-//!    now accept from the same listen queues.
-//! 3. Once ready (pid file written, privileges dropped) it says `ready`; the predecessor answers
-//!    `bye`, stops accepting and drains as on SIGTERM. Its descriptors close, the sockets do not:
-//!    the successor holds them, so a connection waiting in a listen queue is accepted there.
+//!    systemd's, in [`super::listen::bind`]) and binds the rest, but accepts on the adopted tunnel
+//!    listeners only after step 3: until then the predecessor alone accepts from those queues.
+//! 3. Once ready (privileges dropped, material readable) it says `ready`; the predecessor answers
+//!    `bye`, stops accepting and drains as on SIGTERM; the successor starts accepting and writes its
+//!    pid file. The predecessor's descriptors close, the sockets do not: the successor holds them, so
+//!    a connection waiting in a listen queue is accepted there.
 //!
 //! If the successor dies before `ready`, the predecessor never stopped accepting: it goes on, and
 //! serves the next hand-over. With no predecessor (no file, connection refused: a stale file) the
@@ -157,6 +158,8 @@ pub(crate) struct Handover {
     pub(crate) shelf: Shelf,
     /// Cancelled once a successor has said it is ready: stop accepting and drain.
     pub(crate) handed_over: CancellationToken,
+    /// Cancelled once our predecessor has confirmed that we took over (see [`Self::accept_gate`]).
+    go: CancellationToken,
     /// Whether a successor received our sockets (then PATH is no longer ours alone to remove).
     offered: AtomicBool,
 }
@@ -173,6 +176,7 @@ impl Handover {
             predecessor: Mutex::new(None),
             received: Mutex::new(Vec::new()),
             shelf: Shelf::default(),
+            go: CancellationToken::new(),
             handed_over: CancellationToken::new(),
             offered: AtomicBool::new(false),
         };
@@ -261,6 +265,7 @@ impl Handover {
             };
             match why {
                 None => {
+                    self.go.cancel();
                     tracing::info!(from_pid = pid, "took over: the previous proxy stops accepting and drains")
                 }
                 Some(why) if process_runs(pid) => {
@@ -272,11 +277,14 @@ impl Handover {
                         ),
                     });
                 }
-                Some(why) => tracing::warn!(
-                    from_pid = pid,
-                    error = %why,
-                    "the previous proxy did not confirm the hand-over and has exited meanwhile; serving"
-                ),
+                Some(why) => {
+                    self.go.cancel();
+                    tracing::warn!(
+                        from_pid = pid,
+                        error = %why,
+                        "the previous proxy did not confirm the hand-over and has exited meanwhile; serving"
+                    );
+                }
             }
         }
         let Some(control) = self.control.lock().unwrap_or_else(|p| p.into_inner()).take() else {
@@ -289,6 +297,14 @@ impl Handover {
             }
         });
         Ok(())
+    }
+
+    /// What our tunnel listeners wait for before they accept, when we took sockets over: the
+    /// predecessor's confirmation. Until then it alone accepts from the shared queues, so a start-up
+    /// that fails later (metrics address, pid file, privilege drop) takes no connection down with it.
+    /// None without a predecessor.
+    pub(crate) fn accept_gate(&self) -> Option<CancellationToken> {
+        self.predecessor.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|_| self.go.clone())
     }
 
     /// Whether another process shares our listening sockets: a predecessor we have not yet told

@@ -61,6 +61,8 @@ pub(crate) struct Accepting<M> {
     pub(crate) stop: CancellationToken,
     /// Copies of the listening sockets for a successor (`--handover-socket`).
     shelf: Option<handover::Shelf>,
+    /// With a predecessor: accept only once it has confirmed the hand-over.
+    gate: Option<CancellationToken>,
 }
 
 impl<M> Clone for Accepting<M> {
@@ -72,6 +74,7 @@ impl<M> Clone for Accepting<M> {
             loops: self.loops.clone(),
             stop: self.stop.clone(),
             shelf: self.shelf.clone(),
+            gate: self.gate.clone(),
         }
     }
 }
@@ -151,6 +154,7 @@ pub(crate) async fn start<M: Mode>(
         loops: TaskTracker::new(),
         stop: CancellationToken::new(),
         shelf: handover.as_ref().map(|h| h.shelf.clone()),
+        gate: handover.as_ref().and_then(|h| h.accept_gate()),
     };
     let mut local_addrs = Vec::new();
     for (addr, followed, listener) in plan {
@@ -205,6 +209,12 @@ async fn accept_loop<M: Mode>(
     _shelved: Option<handover::Shelved>,
 ) {
     let ctx = &acc.ctx;
+    if let Some(go) = &acc.gate {
+        tokio::select! {
+            _ = go.cancelled() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
