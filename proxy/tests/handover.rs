@@ -6,6 +6,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -287,6 +288,46 @@ fn a_new_proxy_that_fails_after_creating_its_pid_file_leaves_it_naming_the_old_o
     assert_eq!(std::fs::read_to_string(format!("{pid_file}.reload")).expect("outcome"), "0 started\n");
     e.server.wait_line(&["hand-over abandoned; still serving"]);
     assert_eq!(echo_through_blocking(e.client_addr, b"still served"), b"still served");
+}
+
+#[test]
+fn another_user_who_can_reach_the_handover_socket_gets_no_sockets() {
+    if !require_root() {
+        return;
+    }
+    // A misconfiguration: the hand-over socket is open to everyone. Whoever connects is asked who
+    // they are; nobody (uid 65534) gets nothing, and a real successor still takes over afterwards.
+    let dir = TestPki::new();
+    let mut e = echo_setup(&dir, &[]);
+    let sock = p(dir.root(), "server.handover");
+    std::fs::set_permissions(dir.root(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod dir");
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .expect("chmod socket");
+    let probe = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        s.settimeout(10)\n\
+        s.connect(sys.argv[1])\n\
+        got = 0\n\
+        while True:\n\
+        \x20   data, fds, _, _ = socket.recv_fds(s, 65536, 64)\n\
+        \x20   got += len(data) + len(fds)\n\
+        \x20   if not data:\n\
+        \x20       break\n\
+        print(got)\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", probe, &sock])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "nobody received something");
+    e.server.wait_line(&["hand-over refused", "peer_uid=65534"]);
+    assert_eq!(echo_through_blocking(e.client_addr, b"still served"), b"still served");
+    let new = started(&e.server_args);
+    new.wait_line(&["took over"]);
+    assert_eq!(e.server.wait_exit(), Some(0));
 }
 
 #[test]

@@ -330,6 +330,26 @@ pub(crate) fn host_addresses() -> io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// The effective uid of the process at the other end of a connected Unix stream socket (Linux
+/// SO_PEERCRED, FreeBSD getpeereid(3)).
+pub(crate) fn peer_uid(sock: &impl std::os::fd::AsFd) -> io::Result<u32> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
+            .map(|c| c.uid())
+            .map_err(io::Error::from)
+    }
+    #[cfg(target_os = "freebsd")]
+    {
+        nix::unistd::getpeereid(sock).map(|(uid, _)| uid.as_raw()).map_err(io::Error::from)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    {
+        let _ = sock;
+        Err(io::Error::new(io::ErrorKind::Unsupported, "no peer credentials on this system"))
+    }
+}
+
 /// A descriptor that arrived in an SCM_RIGHTS message (the listener hand-over), owned from now on.
 pub(crate) fn owned_received_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;

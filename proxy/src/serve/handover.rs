@@ -45,6 +45,13 @@ const MAX_SOCKETS: usize = 64;
 /// Longest description of the sockets.
 const MAX_OFFER: usize = 64 << 10;
 
+/// Whether sockets may be exchanged with `uid`: root (rc.d and systemd start proxies as root) or
+/// the user this process runs as (a proxy started by hand, or one that has dropped privileges to
+/// the same `--user` as its successor will).
+fn trusted(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
 /// Whether process `pid` still exists (signal 0: nothing is sent).
 fn process_runs(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else { return false };
@@ -180,6 +187,17 @@ impl Handover {
             handed_over: CancellationToken::new(),
             offered: AtomicBool::new(false),
         };
+        // Sockets come only from root or from our own user: a socket file another user made (PATH
+        // in a directory others may write to) could hand us listeners of theirs.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::MetadataExt;
+            if !trusted(meta.uid()) {
+                return Err(err(format!(
+                    "it belongs to uid {}, neither root nor this proxy's user: not taking sockets from it",
+                    meta.uid()
+                )));
+            }
+        }
         match UnixStream::connect(path) {
             Ok(conn) => match receive(&conn) {
                 Ok((offer, _)) if offer.mode != mode => {
@@ -227,7 +245,11 @@ impl Handover {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(err(format!("cannot remove the stale socket: {e}"))),
         }
-        let listener = UnixListener::bind(path).map_err(|e| err(format!("cannot bind: {e}")))?;
+        // Created 0600 (umask), not chmod'ed afterwards: no moment where others may connect.
+        let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        nix::sys::stat::umask(before);
+        let listener = bound.map_err(|e| err(format!("cannot bind: {e}")))?;
         // Whoever connects gets our listening sockets: only the user that started us.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -339,6 +361,20 @@ impl Handover {
                     continue;
                 }
             };
+            match crate::os::peer_uid(&conn) {
+                Ok(uid) if trusted(uid) => {}
+                Ok(uid) => {
+                    tracing::warn!(
+                        peer_uid = uid,
+                        "hand-over refused: only root or this proxy's user may take our sockets"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "hand-over refused: cannot tell who connected");
+                    continue;
+                }
+            }
             // Bounded as a whole: a successor that stops reading cannot hold the hand-over.
             let offered = tokio::time::timeout(READY_TIMEOUT, self.offer(&control, conn));
             match tokio::select! {
