@@ -32,15 +32,20 @@ fn metrics_addr(proc: &Proc) -> SocketAddr {
         .expect("addr")
 }
 
+/// Our server in front of `backend`, with `extra` flags.
+fn server_in_front_of(dir: &TestPki, backend: SocketAddr, extra: &[&str]) -> Proc {
+    let d = dir.root().display().to_string();
+    let mut args = server_args(&d, extra);
+    args[4] = backend.to_string();
+    Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Our server in front of a fresh nfs-ganesha (with an `export` directory in `dir`), and `extra`
 /// flags; returns both processes.
 fn server_in_front_of_ganesha(dir: &TestPki, extra: &[&str]) -> (Proc, Proc) {
-    let d = dir.root().display().to_string();
     std::fs::create_dir(dir.root().join("export")).expect("mkdir");
     let (ganesha, nfs) = ganesha(dir.root());
-    let mut args = server_args(&d, extra);
-    args[4] = nfs.to_string();
-    (Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>()), ganesha)
+    (server_in_front_of(dir, nfs, extra), ganesha)
 }
 
 /// The value of the sample whose line starts with `prefix` (name and labels), if present.
@@ -55,11 +60,8 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 #[test]
 fn metrics_and_tunnels_move_with_traffic_and_refusals() {
     let dir = TestPki::new();
-    let d = dir.root().display().to_string();
     let backend = EchoBackend::start();
-    let mut args = server_args(&d, &["--metrics", "127.0.0.1:0"]);
-    args[4] = backend.addr.to_string();
-    let server = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let server = server_in_front_of(&dir, backend.addr, &["--metrics", "127.0.0.1:0"]);
     let server_addr = server.listen_addr();
     let ops = metrics_addr(&server);
 
@@ -137,15 +139,10 @@ fn healthz_means_nfs_answers_not_just_that_the_port_is_open() {
         return;
     }
     let dir = TestPki::new();
-    let d = dir.root().display().to_string();
     std::fs::create_dir(dir.root().join("export")).expect("mkdir");
     let (mut ganesha, nfs) = ganesha(dir.root());
     let echo = EchoBackend::start();
-    let serve = |backend: SocketAddr| {
-        let mut args = server_args(&d, &["--metrics", "127.0.0.1:0"]);
-        args[4] = backend.to_string();
-        Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let serve = |backend: SocketAddr| server_in_front_of(&dir, backend, &["--metrics", "127.0.0.1:0"]);
     let in_front_of_nfs = serve(nfs);
     let in_front_of_echo = serve(echo.addr);
 
@@ -250,11 +247,8 @@ fn a_clients_healthz_is_an_nfs_null_call_through_the_first_server_that_lets_it_i
 #[test]
 fn each_tunnel_says_which_record_layer_it_runs_on_and_the_metric_counts_it() {
     let dir = TestPki::new();
-    let d = dir.root().display().to_string();
     let backend = EchoBackend::start();
-    let mut args = server_args(&d, &["--metrics", "127.0.0.1:0"]);
-    args[4] = backend.addr.to_string();
-    let server = Proc::proxy(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let server = server_in_front_of(&dir, backend.addr, &["--metrics", "127.0.0.1:0"]);
     let ops = metrics_addr(&server);
     let ktls = server.wait_line(&["kTLS:"]);
     let path = if ktls.contains("not available") { "rustls" } else { "ktls" };

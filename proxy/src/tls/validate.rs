@@ -64,7 +64,8 @@ impl Reader {
     }
 
     /// Whether the kernel's owner/group/other rule gives this reader `bit` (4 read, 1 search) on a
-    /// file with `meta` (ACLs aside). Root needs none.
+    /// file with `meta` (ACLs aside): the owner's bits for the owner, else the group's for a member,
+    /// else the others'. Root needs none.
     fn may(&self, meta: &std::fs::Metadata, bit: u32) -> bool {
         use std::os::unix::fs::MetadataExt;
         let mode = meta.mode();
@@ -357,17 +358,7 @@ fn readable_only_by(path: &Path, reader: Reader, insecure: bool) -> Result<(), S
             ));
         }
     }
-    // As the kernel decides: the owner's bits for the owner, else the group's for a member, else
-    // the others'.
-    let can_read = reader.uid == 0
-        || if meta.uid() == reader.uid {
-            mode & 0o400 != 0
-        } else if meta.gid() == reader.gid || reader.also_in(meta.gid()) {
-            mode & 0o040 != 0
-        } else {
-            mode & 0o004 != 0
-        };
-    if !can_read {
+    if !reader.may(&meta, 0o4) {
         return Err(format!(
             "{}: not readable by uid {} gid {} (owner {}:{}, mode {mode:04o}), which the proxy runs as: \
              `chown root:nfs-tls-proxy {0} && chmod 640 {0}`",

@@ -85,13 +85,14 @@ struct KernelCopy {
 }
 
 impl Directions for KernelCopy {
-    fn poll(&mut self, cx: &mut Context<'_>, from_count: &AtomicU64, to_count: &AtomicU64) -> [Polled; 2] {
-        let from = self.from_tls.poll(cx, &mut self.link, &mut self.plain, from_count);
-        if from.is_ready() && !matches!(from, Poll::Ready(Ok(()))) {
-            return [(from, self.from_tls.state.writing), (Poll::Pending, false)];
-        }
-        let to = self.to_tls.poll(cx, &mut self.link, &self.plain, to_count);
-        [(from, self.from_tls.state.writing), (to, self.to_tls.state.writing)]
+    fn poll_from_tls(&mut self, cx: &mut Context<'_>, count: &AtomicU64) -> Polled {
+        let from = self.from_tls.poll(cx, &mut self.link, &mut self.plain, count);
+        (from, self.from_tls.state.writing)
+    }
+
+    fn poll_to_tls(&mut self, cx: &mut Context<'_>, count: &AtomicU64) -> Polled {
+        let to = self.to_tls.poll(cx, &mut self.link, &self.plain, count);
+        (to, self.to_tls.state.writing)
     }
 
     fn tls(&self) -> &TcpStream {

@@ -101,9 +101,11 @@ pub(crate) async fn splice(
 
 /// The two directions of a tunnel, for [`copy_loop`]: one record path's way of moving bytes.
 pub(super) trait Directions {
-    /// Polls TLS -> plain, then plain -> TLS; each direction's result (ready: done or failed) and
-    /// whether it is pending on a write (its receiver does not read).
-    fn poll(&mut self, cx: &mut Context<'_>, from_count: &AtomicU64, to_count: &AtomicU64) -> [Polled; 2];
+    /// Polls TLS -> plain: its result (ready: done or failed) and whether it is pending on a write
+    /// (its receiver does not read).
+    fn poll_from_tls(&mut self, cx: &mut Context<'_>, count: &AtomicU64) -> Polled;
+    /// Polls plain -> TLS, as [`Self::poll_from_tls`].
+    fn poll_to_tls(&mut self, cx: &mut Context<'_>, count: &AtomicU64) -> Polled;
     fn tls(&self) -> &TcpStream;
     fn plain(&self) -> &TcpStream;
     /// What an error found on the TLS socket while nothing reads it means (kTLS: a record the kernel
@@ -131,7 +133,13 @@ pub(super) async fn copy_loop<D: Directions>(
     let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
     let copy = std::future::poll_fn(|cx| {
         let written = (from_count.load(Ordering::Relaxed), to_count.load(Ordering::Relaxed));
-        let [(from, from_writing), (to, to_writing)] = d.poll(cx, from_count, to_count);
+        let (from, from_writing) = d.poll_from_tls(cx, from_count);
+        // A failed TLS -> plain direction ends the tunnel: the other one is not polled again.
+        let (to, to_writing) = if from.is_ready() && !matches!(from, Poll::Ready(Ok(()))) {
+            (Poll::Pending, false)
+        } else {
+            d.poll_to_tls(cx, to_count)
+        };
         let (from, to) = match (from, to) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(e),
             pair => pair,
@@ -198,13 +206,14 @@ struct RustlsCopy {
 }
 
 impl Directions for RustlsCopy {
-    fn poll(&mut self, cx: &mut Context<'_>, from_count: &AtomicU64, to_count: &AtomicU64) -> [Polled; 2] {
-        let from = self.from_tls.poll(cx, &mut self.link, &mut self.plain, from_count);
-        if from.is_ready() && !matches!(from, Poll::Ready(Ok(()))) {
-            return [(from, self.from_tls.writing), (Poll::Pending, false)];
-        }
-        let to = self.to_tls.poll(cx, &mut self.link, &mut self.plain, to_count);
-        [(from, self.from_tls.writing), (to, self.to_tls.writing)]
+    fn poll_from_tls(&mut self, cx: &mut Context<'_>, count: &AtomicU64) -> Polled {
+        let from = self.from_tls.poll(cx, &mut self.link, &mut self.plain, count);
+        (from, self.from_tls.writing)
+    }
+
+    fn poll_to_tls(&mut self, cx: &mut Context<'_>, count: &AtomicU64) -> Polled {
+        let to = self.to_tls.poll(cx, &mut self.link, &mut self.plain, count);
+        (to, self.to_tls.writing)
     }
 
     fn tls(&self) -> &TcpStream {
