@@ -245,15 +245,12 @@ impl Handover {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(err(format!("cannot remove the stale socket: {e}"))),
         }
-        // Created 0600 (umask), not chmod'ed afterwards: no moment where others may connect.
+        // Whoever connects may ask for our listening sockets: the file is created 0600 (by umask,
+        // so there is no moment with a looser mode), and each peer's uid is checked (offer_until).
         let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
         let bound = UnixListener::bind(path);
         nix::sys::stat::umask(before);
         let listener = bound.map_err(|e| err(format!("cannot bind: {e}")))?;
-        // Whoever connects gets our listening sockets: only the user that started us.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| err(format!("cannot chmod 600: {e}")))?;
         *handover.control.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(listener);
         Ok(handover)
     }
